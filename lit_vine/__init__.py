@@ -1,0 +1,24 @@
+"""lit-vine: reinforcement learning for step-by-step reasoning, VinePPO at its heart, on Lightning."""
+
+from lit_vine.algorithms import PPO, Algorithm, VinePPO
+from lit_vine.data import SFTDataModule, TaskDataModule
+from lit_vine.rl import RLModule
+from lit_vine.rollout.engine import HFEngine, RolloutEngine, SamplingParams
+from lit_vine.sft import SFTModule
+from lit_vine.tasks import ArithmeticTask, Problem, Task
+
+__all__ = [
+    "PPO",
+    "Algorithm",
+    "ArithmeticTask",
+    "HFEngine",
+    "Problem",
+    "RLModule",
+    "RolloutEngine",
+    "SFTDataModule",
+    "SFTModule",
+    "SamplingParams",
+    "Task",
+    "TaskDataModule",
+    "VinePPO",
+]

@@ -1,0 +1,3 @@
+from lit_vine.cli import main
+
+main()

@@ -1,0 +1,114 @@
+"""Advantage estimators. Per-token tensors are ``(B, T)`` over response tokens, right-padded,
+with ``mask`` 1 on real tokens (which always form a prefix of the row)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x: Tensor, mask: Tensor, eps: float = 1e-8, shift_mean: bool = True) -> Tensor:
+    """``(x - mean) / std`` over the masked entries of the whole batch, pooled across ranks.
+
+    Pooling sums, sums of squares and counts across processes gives exactly the statistics of the
+    concatenated batch, whatever the shard sizes. ``std`` is the population std (divisor N).
+    """
+    stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(stats)
+    total, total_sq, count = stats.unbind()
+    mean = total / count.clamp(min=1)
+    var = (total_sq / count.clamp(min=1) - mean**2).clamp(min=0)
+    centred = x - mean.to(x.dtype) if shift_mean else x
+    return (centred / (var.sqrt().to(x.dtype) + eps)) * mask
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16).
+
+    ``values[:, t]`` is V(s_t), the value of the state before token t; the state after the last
+    real token is terminal (V = 0). Returns ``(advantages, returns)`` with returns = A + V, the
+    critic's regression target for the same lambda.
+    """
+    B, T = rewards.shape
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] * mask[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]  # TD error delta_t
+        last = (delta + gamma * lam * last) * mask[:, t]
+        advantages[:, t] = last
+    return advantages, (advantages + values) * mask
+
+
+def fill_values_past_cap(estimates: Sequence[float], num_states: int, reward: float) -> list[float]:
+    """V(s_0..s_{n-1}) from MC estimates of the first states, the rest filled backwards.
+
+    States past the ``max_steps`` cap have no estimate. Filling V(s_i) = r_i + V(s_{i+1}) from
+    V(s_n) = 0 makes their advantage 0 and leaves all their credit to the last estimated step;
+    since r_i = 0 except r_{n-1} = R, every filled value is R.
+    """
+    return list(estimates[:num_states]) + [reward] * (num_states - len(estimates))
+
+
+def vine_advantages(
+    state_values: Sequence[Sequence[float]],
+    step_ends: Sequence[Sequence[int]],
+    rewards: Sequence[float],
+    T: int,
+) -> Tensor:
+    """VinePPO step advantages A_i = r_i + V(s_{i+1}) - V(s_i) broadcast to the step's tokens.
+
+    Args:
+        state_values: per episode, V(s_0..s_{n-1}) (MC means, already capped/filled).
+        step_ends: per episode, the token count at which each of its n steps ends.
+        rewards: per episode, the final reward R (r_i = 0 except r_{n-1} = R).
+        T: width of the output.
+
+    Returns ``(B, T)``; gamma = lambda = 1, V(s_n) = 0 (terminal).
+    """
+    out = torch.zeros(len(rewards), T)
+    for b, (values, ends, reward) in enumerate(zip(state_values, step_ends, rewards)):
+        n = len(ends)
+        v = list(values) + [0.0]
+        start = 0
+        for i, end in enumerate(ends):
+            r_i = reward if i == n - 1 else 0.0
+            out[b, start:end] = r_i + v[i + 1] - v[i]
+            start = end
+    return out
+
+
+def group_advantages(scores: Tensor, group: Tensor, baseline: str, normalize_std: bool = False, eps: float = 1e-6) -> Tensor:
+    """Sequence-level advantages from the responses of the same prompt (``group`` ids, ``(B,)``).
+
+    ``baseline``: ``"mean"`` (GRPO: R - mean of the group, optionally / (sample std + eps)),
+    ``"leave_one_out"`` (RLOO: R - mean of the other G-1 responses), ``"batch"`` (R - batch mean).
+    """
+    if baseline == "batch":
+        adv = scores - scores.mean()
+        return adv / (scores.std() + eps) if normalize_std else adv
+    adv = torch.empty_like(scores)
+    for g in group.unique():
+        idx = group == g
+        r = scores[idx]
+        if baseline == "mean":
+            a = r - r.mean()
+            if normalize_std:
+                a = a / (r.std() + eps)
+        elif baseline == "leave_one_out":
+            G = r.numel()
+            if G < 2:
+                raise ValueError("leave-one-out baseline needs at least 2 responses per prompt")
+            a = r - (r.sum() - r) / (G - 1)
+        else:
+            raise ValueError(f"unknown baseline {baseline!r}; expected 'mean', 'leave_one_out' or 'batch'")
+        adv[idx] = a
+    return adv

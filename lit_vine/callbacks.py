@@ -1,0 +1,58 @@
+"""Callbacks: the before/after test report that every RL run ends with."""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+
+from lightning import Callback, LightningModule, Trainer
+from tqdm.auto import tqdm
+
+from lit_vine.evaluation import summarize
+from lit_vine.policy_module import gather_records, write_jsonl
+
+
+class TestReport(Callback):
+    """Evaluates the test split before training (the starting checkpoint) and after it, with the
+    same problems, sampling and seed; prints both and writes ``test_report.json`` to the log dir.
+
+    Args:
+        limit: evaluate only the first ``limit`` test problems (``None``: all).
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self.before: dict[str, float] = {}
+
+    def _evaluate(self, trainer: Trainer, module: LightningModule, label: str) -> dict[str, float]:
+        problems = trainer.datamodule.task.problems("test")[: self.limit]
+        mine = problems[trainer.global_rank :: trainer.world_size]
+        seed = zlib.crc32(f"{module.seed}/test-report".encode())
+        batch = trainer.datamodule.eval_batch_size
+        records = []
+        for start in tqdm(range(0, len(mine), batch), desc=f"test ({label})", disable=not trainer.is_global_zero):
+            records += module.evaluate_problems(mine[start : start + batch], seed=seed + start)
+        records = gather_records(records)
+        if trainer.is_global_zero and trainer.log_dir:
+            write_jsonl(os.path.join(trainer.log_dir, "predictions", f"test_{label}.jsonl"), records)
+        return summarize(records)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.before = self._evaluate(trainer, pl_module, "before")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        after = self._evaluate(trainer, pl_module, "after")
+        if not trainer.is_global_zero:
+            return
+        report = {"before": self.before, "after": after, "iterations": trainer.current_epoch, "optimizer_steps": trainer.global_step}
+        lines = [f"{'test metric':<12} {'before':>8} {'after':>8} {'change':>8}"]
+        for name, value in after.items():
+            old = self.before.get(name, float("nan"))
+            lines.append(f"{name:<12} {100 * old:>7.1f}% {100 * value:>7.1f}% {100 * (value - old):>+7.1f}")
+        print("\n".join(lines))
+        if trainer.log_dir:
+            path = os.path.join(trainer.log_dir, "test_report.json")
+            with open(path, "w") as f:
+                json.dump(report, f, indent=2)
+            print(f"test report written to {path}")

@@ -1,0 +1,119 @@
+"""DataModules: problems for RL (and the iteration's experience stream), gold solutions for SFT."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader
+
+from lit_vine.experience import ExperienceStream, num_mini_batches
+from lit_vine.tasks.arithmetic import ArithmeticTask
+from lit_vine.tasks.base import Problem, Split, Task
+
+
+class TaskDataModule(LightningDataModule):
+    """Serves a task's problems; in RL, one training epoch streams one iteration's experience.
+
+    Args:
+        task: where problems, prompts, rewards and step splits come from.
+        prompts_per_iteration: prompts rolled out per RL iteration over all ranks (paper: 64).
+        eval_batch_size: problems per validation/test batch.
+        seed: order in which training prompts are visited.
+    """
+
+    def __init__(self, task: Task | None = None, prompts_per_iteration: int = 64, eval_batch_size: int = 64, seed: int = 0) -> None:
+        super().__init__()
+        if prompts_per_iteration < 1:
+            raise ValueError(f"data.prompts_per_iteration must be >= 1, got {prompts_per_iteration}")
+        if eval_batch_size < 1:
+            raise ValueError(f"data.eval_batch_size must be >= 1, got {eval_batch_size}")
+        self.task = task or ArithmeticTask()
+        self.prompts_per_iteration, self.eval_batch_size, self.seed = prompts_per_iteration, eval_batch_size, seed
+
+    def iteration_problems(self, iteration: int, rank: int = 0, world_size: int = 1) -> list[Problem]:
+        """This rank's prompts for an iteration: a function of (seed, iteration) alone, so a resumed
+        run continues the same order. Passes over the training set are reshuffled each time; the
+        ranks' shares are disjoint and together are exactly the iteration's prompts."""
+        if self.prompts_per_iteration % world_size:
+            raise ValueError(f"data.prompts_per_iteration ({self.prompts_per_iteration}) must be divisible by the number of processes ({world_size})")
+        train = self.task.problems("train")
+        n, start = len(train), iteration * self.prompts_per_iteration
+        chosen = []
+        for position in range(start, start + self.prompts_per_iteration):
+            epoch, index = divmod(position, n)
+            order = list(range(n))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            chosen.append(train[order[index]])
+        return chosen[rank::world_size]
+
+    def train_dataloader(self) -> DataLoader:
+        module, trainer = self.trainer.lightning_module, self.trainer
+        per_rank = self.prompts_per_iteration // trainer.world_size
+        episodes = per_rank * module.hparams.responses_per_prompt
+        stream = ExperienceStream(
+            collect=lambda: module.make_experience(self.iteration_problems(trainer.current_epoch, trainer.global_rank, trainer.world_size)),
+            num_mini_batches=num_mini_batches(episodes, module.hparams.mini_batch_size),
+            ppo_epochs=module.hparams.ppo_epochs,
+            shuffle_seed=lambda: module.derived_seed("shuffle"),
+        )
+        return DataLoader(stream, batch_size=None)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        if isinstance(batch, list) and batch and isinstance(batch[0], Problem):
+            return batch  # evaluation batches are problems: text, nothing to move
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def _problems_loader(self, split: Split) -> DataLoader:
+        return DataLoader(self.task.problems(split), batch_size=self.eval_batch_size, collate_fn=list)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._problems_loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._problems_loader("test")
+
+
+class SFTDataModule(TaskDataModule):
+    """Prompt + gold solution + EOS, with the loss on the solution tokens only.
+
+    Args:
+        batch_size: sequences per optimizer step.
+        max_length: longer examples are skipped (and counted in the log).
+    """
+
+    def __init__(self, task: Task | None = None, batch_size: int = 64, max_length: int = 256, eval_batch_size: int = 64, seed: int = 0) -> None:
+        super().__init__(task, prompts_per_iteration=1, eval_batch_size=eval_batch_size, seed=seed)
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.batch_size, self.max_length = batch_size, max_length
+
+    def train_dataloader(self) -> DataLoader:
+        tokenizer = self.trainer.lightning_module.tokenizer
+        examples, skipped = [], 0
+        for p in self.task.problems("train"):
+            prompt = tokenizer(self.task.prompt(p)).input_ids
+            target = tokenizer(p.solution, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+            if len(prompt) + len(target) > self.max_length:
+                skipped += 1
+                continue
+            examples.append((prompt, target))
+        if skipped:
+            print(f"SFT: skipped {skipped} of {skipped + len(examples)} training examples longer than data.max_length={self.max_length}")
+        if not examples:
+            raise ValueError(f"SFT: no training example fits in data.max_length={self.max_length}")
+
+        def collate(batch: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+            width = max(len(p) + len(t) for p, t in batch)
+            ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+            labels = torch.full_like(ids, -100)
+            mask = torch.zeros_like(ids)
+            for row, (p, t) in enumerate(batch):
+                ids[row, : len(p) + len(t)] = torch.tensor(p + t)
+                labels[row, len(p) : len(p) + len(t)] = torch.tensor(t)
+                mask[row, : len(p) + len(t)] = 1
+            return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(examples, batch_size=self.batch_size, shuffle=True, collate_fn=collate, generator=generator)

@@ -1,0 +1,121 @@
+"""Batches of experience and the stream that turns one RL iteration into mini-batches."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+from torch.utils.data import IterableDataset
+
+from lit_vine.tasks.base import Problem
+
+
+def pad_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Left-pad prompts to width P and right-pad responses to width T.
+
+    Returns ``input_ids`` ``(B, P+T)``, ``attention_mask`` ``(B, P+T)`` and ``response_mask``
+    ``(B, T)``, so response token t of every row sits at column ``P + t``.
+    """
+    P = max(len(p) for p in prompts)
+    T = max(1, max(len(r) for r in responses))
+    input_ids = torch.full((len(prompts), P + T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    response_mask = torch.zeros(len(prompts), T)
+    for b, (p, r) in enumerate(zip(prompts, responses)):
+        input_ids[b, P - len(p) : P + len(r)] = torch.tensor(p + r, dtype=torch.long)
+        attention_mask[b, P - len(p) : P + len(r)] = 1
+        response_mask[b, : len(r)] = 1
+    return input_ids, attention_mask, response_mask
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions that skip left padding, as ``generate`` uses them, so scores match sampling."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class Rollouts:
+    """One iteration's sampled episodes before advantages: B responses to the prompts' problems."""
+
+    problems: list[Problem]  # (B,) the problem of each episode
+    group: Tensor  # (B,) prompt index; responses to the same prompt share it
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]  # ends with EOS when the model stopped by itself
+    texts: list[str]  # decoded responses
+    scores: Tensor  # (B,) task reward R
+    input_ids: Tensor  # (B, P+T)
+    attention_mask: Tensor  # (B, P+T)
+    response_mask: Tensor  # (B, T)
+    old_logprobs: Tensor  # (B, T) behaviour policy, temperature-scaled
+    ref_logprobs: Tensor  # (B, T) frozen reference
+    token_rewards: Tensor  # (B, T) R on the last token, minus beta*KL per token if KL is a reward
+    values: Tensor | None = None  # (B, T) critic's V(s_t), state before token t
+
+
+@dataclass
+class Experience:
+    """What a PPO mini-batch trains on. B episodes, prompts left-padded to P, responses to T."""
+
+    input_ids: Tensor  # (B, P+T)
+    attention_mask: Tensor  # (B, P+T)
+    response_mask: Tensor  # (B, T)
+    old_logprobs: Tensor  # (B, T)
+    ref_logprobs: Tensor  # (B, T)
+    advantages: Tensor  # (B, T)
+    returns: Tensor  # (B, T) critic targets; zeros without a critic
+    old_values: Tensor  # (B, T) critic values at sampling time; zeros without a critic
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def prompt_width(self) -> int:
+        return self.input_ids.shape[1] - self.response_mask.shape[1]
+
+    def select(self, rows: Tensor) -> Experience:
+        """Rows ``rows``, with columns that are padding in all of them cut away."""
+        P = self.prompt_width
+        attention = self.attention_mask[rows]
+        left = int(attention[:, :P].sum(0).nonzero()[0]) if P else 0
+        T = max(1, int(self.response_mask[rows].sum(-1).max()))
+        out = {}
+        for f in fields(self):
+            x = getattr(self, f.name)[rows]
+            out[f.name] = x[:, left : P + T] if x.shape[1] == self.input_ids.shape[1] else x[:, :T]
+        return Experience(**out)
+
+
+class ExperienceStream(IterableDataset):
+    """One pass = one RL iteration: collect experience once, then ``ppo_epochs`` shuffled passes
+    of ``num_mini_batches`` mini-batches over it.
+
+    Lightning calls ``iter()`` once per epoch, so one Lightning epoch is one RL iteration.
+    """
+
+    def __init__(
+        self,
+        collect: Callable[[], Experience],
+        num_mini_batches: int,
+        ppo_epochs: int,
+        shuffle_seed: Callable[[], int],
+    ) -> None:
+        self.collect, self.num_mini_batches, self.ppo_epochs = collect, num_mini_batches, ppo_epochs
+        self.shuffle_seed = shuffle_seed
+
+    def __len__(self) -> int:
+        return self.ppo_epochs * self.num_mini_batches
+
+    def __iter__(self) -> Iterator[Experience]:
+        experience = self.collect()
+        generator = torch.Generator().manual_seed(self.shuffle_seed())
+        for _ in range(self.ppo_epochs):
+            order = torch.randperm(len(experience), generator=generator)
+            for rows in order.tensor_split(self.num_mini_batches):
+                yield experience.select(rows)
+
+
+def num_mini_batches(episodes: int, mini_batch_size: int) -> int:
+    return max(1, math.ceil(episodes / mini_batch_size))

@@ -1,0 +1,80 @@
+"""Losses. Per-token tensors are ``(B, T)`` over response tokens with ``mask`` 1 on real tokens."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+KLEstimator = Literal["k1", "k2", "k3"]
+Aggregation = Literal["token_mean", "seq_mean"]
+
+
+def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator) -> Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman, "Approximating KL").
+
+    k1 = log r, k2 = (log r)^2 / 2, k3 = exp(-log r) - 1 + log r, with log r = logp - logp_ref.
+    k3 equals the VinePPO paper's exp(ref - logp) - (ref - logp) - 1: unbiased and never negative.
+    """
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        return torch.exp(-log_ratio) - 1 + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}; expected 'k1', 'k2' or 'k3'")
+
+
+def aggregate(x: Tensor, mask: Tensor, how: Aggregation) -> Tensor:
+    """``token_mean``: mean over every real token of the batch; ``seq_mean``: mean per sequence,
+    then over sequences (each response weighs the same whatever its length)."""
+    if how == "token_mean":
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    if how == "seq_mean":
+        return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    raise ValueError(f"unknown loss aggregation {how!r}; expected 'token_mean' or 'seq_mean'")
+
+
+def ppo_policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    aggregation: Aggregation = "token_mean",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped surrogate (Schulman et al. 2017, eq. 7): -min(r A, clip(r, 1-eps_low, 1+eps_high) A)."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages
+    loss = aggregate(-torch.min(unclipped, clipped), mask, aggregation)
+    with torch.no_grad():
+        stats = {
+            "clip_frac": aggregate((clipped < unclipped).float(), mask, "token_mean"),
+            "ratio": aggregate(ratio, mask, "token_mean"),
+            "approx_kl_old": aggregate(0.5 * (logprobs - old_logprobs) ** 2, mask, "token_mean"),
+        }
+    return loss, stats
+
+
+def value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float = 0.2, aggregation: Aggregation = "token_mean"
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped value loss 0.5 * max((V - G)^2, (V_clip - G)^2), V_clip = V_old + clip(V - V_old, +-clip)."""
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    loss = 0.5 * aggregate(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask, aggregation)
+    with torch.no_grad():
+        stats = {"value_clip_frac": aggregate(((clipped - returns) ** 2 > (values - returns) ** 2).float(), mask, "token_mean")}
+    return loss, stats
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """Log-probabilities ``(B, T)`` of ``tokens`` under ``logits`` ``(B, T, V)``, and the entropy ``(B, T)``."""
+    logp_all = F.log_softmax(logits.float(), dim=-1)
+    logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy

@@ -1,0 +1,117 @@
+"""Loading policies and critics: hub names, local folders, or the offline ``builtin:tiny`` model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch import nn
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+from lit_vine.tasks.arithmetic import ArithmeticTask
+
+BUILTIN_TINY = "builtin:tiny"
+
+
+@dataclass
+class TinyConfig:
+    """Size of the offline Llama-architecture policy built by ``builtin:tiny``."""
+
+    vocab_size: int = 384
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    max_position_embeddings: int = 256
+    seed: int = 0
+
+
+def build_tokenizer(vocab_size: int, corpus: list[str]) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``corpus``; digits are always single tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def build_tiny(config: TinyConfig) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A freshly initialised tiny Llama and its tokenizer, built without any download."""
+    task = ArithmeticTask(num_train=5000, num_validation=0, num_test=0, seed=config.seed)
+    corpus = [task.prompt(p) + p.solution for p in task.problems("train")]
+    tokenizer = build_tokenizer(config.vocab_size, corpus)
+    torch.manual_seed(config.seed)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=config.hidden_size,
+            intermediate_size=4 * config.hidden_size,
+            num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads,
+            num_key_value_heads=config.num_heads,
+            max_position_embeddings=config.max_position_embeddings,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=True,
+        )
+    )
+    return model, tokenizer
+
+
+def load_policy_and_tokenizer(name: str, tiny: TinyConfig | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A causal LM and its tokenizer by hub name or local folder; ``builtin:tiny`` builds a fresh
+    offline one of size ``tiny``."""
+    if name == BUILTIN_TINY:
+        return build_tiny(tiny or TinyConfig())
+    _check_local(name)
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return AutoModelForCausalLM.from_pretrained(name), tokenizer
+
+
+def _check_local(name: str) -> None:
+    """A name that looks like a path must exist: otherwise the hub error hides the typo."""
+    if (name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1]) and not os.path.isdir(
+        os.path.expanduser(name)
+    ):
+        raise FileNotFoundError(f"model checkpoint folder not found: {name!r}")
+
+
+class ValueModel(nn.Module):
+    """Critic: the policy's transformer body with a linear value head on the last hidden state."""
+
+    def __init__(self, name: str, tiny: TinyConfig | None = None) -> None:
+        super().__init__()
+        if name == BUILTIN_TINY:
+            self.body = build_tiny(tiny or TinyConfig())[0].model
+        else:
+            _check_local(name)
+            self.body = AutoModel.from_pretrained(name)
+        hidden = self.body.config.hidden_size
+        self.head = nn.Linear(hidden, 1)
+        nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Values ``(B, L)``: the value of the state that ends at each position."""
+        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        return self.head(hidden).squeeze(-1)

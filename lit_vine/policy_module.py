@@ -1,0 +1,122 @@
+"""What SFT and RL share: a policy with its tokenizer, a rollout engine and held-out evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+
+import torch
+import torch.distributed as dist
+from lightning import LightningModule
+from torchmetrics import MeanMetric
+
+from lit_vine.evaluation import EvalConfig, evaluate
+from lit_vine.models import TinyConfig, load_policy_and_tokenizer
+from lit_vine.rollout.engine import HFEngine, RolloutEngine
+from lit_vine.tasks.base import Problem, Task
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+class PolicyModule(LightningModule):
+    """Holds the policy and evaluates it on the datamodule's validation and test problems.
+
+    ``validate``/``test`` log greedy accuracy, pass@1 over ``evaluation.num_samples`` samples and
+    maj@n, and write one JSON line per problem to ``<log_dir>/predictions/``.
+    """
+
+    def __init__(
+        self,
+        policy: str,
+        engine: RolloutEngine | None = None,
+        max_new_tokens: int = 64,
+        evaluation: EvalConfig = EvalConfig(),
+        tiny: TinyConfig = TinyConfig(),
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check(max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        try:
+            self.policy, self.tokenizer = load_policy_and_tokenizer(policy, tiny)
+        except FileNotFoundError as err:
+            raise ConfigError(f"policy: {err}") from None
+        self.policy.train()  # from_pretrained returns eval mode
+        self.engine = engine or HFEngine()
+        self.engine.setup(self.policy, self.tokenizer)
+        self.max_new_tokens, self.evaluation, self.seed = max_new_tokens, evaluation, seed
+        self.eval_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in self._metric_names()})
+        self._records: list[dict] = []
+
+    def _metric_names(self) -> list[str]:
+        names = ["greedy_acc"] if self.evaluation.greedy else []
+        n = self.evaluation.num_samples
+        return names + (["pass@1", f"maj@{n}"] if n else [])
+
+    @property
+    def task(self) -> Task:
+        return self.trainer.datamodule.task
+
+    def derived_seed(self, purpose: str) -> int:
+        """A seed for one use in one iteration on one rank, stable across restarts."""
+        key = f"{self.seed}/{self.current_epoch}/{self.global_rank}/{purpose}"
+        return zlib.crc32(key.encode())
+
+    def encode_prompt(self, problem: Problem) -> list[int]:
+        return self.tokenizer(self.task.prompt(problem)).input_ids
+
+    def evaluate_problems(self, problems: list[Problem], seed: int) -> list[dict]:
+        prompts = [self.encode_prompt(p) for p in problems]
+        return evaluate(problems, prompts, self.task, self.engine, self.tokenizer, self.evaluation, self.max_new_tokens, seed)
+
+    # Lightning evaluation loops: one batch is a list of problems.
+    def validation_step(self, batch: list[Problem], batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx)
+
+    def test_step(self, batch: list[Problem], batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx)
+
+    def _eval_step(self, batch: list[Problem], batch_idx: int) -> None:
+        records = self.evaluate_problems(batch, seed=zlib.crc32(f"{self.seed}/eval/{batch_idx}".encode()))
+        for rec in records:
+            for name, metric in self.eval_metrics.items():
+                metric.update(rec["greedy_correct" if name == "greedy_acc" else name])
+        self._records += records
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")
+
+    def _end_eval(self, stage: str) -> None:
+        for name, metric in self.eval_metrics.items():
+            self.log(f"{stage}/{name}", metric.compute())
+            metric.reset()
+        records, self._records = gather_records(self._records), []
+        if self.trainer.is_global_zero and self.trainer.log_dir and not self.trainer.sanity_checking:
+            folder = os.path.join(self.trainer.log_dir, "predictions")
+            write_jsonl(os.path.join(folder, f"{stage}_iter{self.current_epoch:04d}.jsonl"), records)
+
+
+
+def gather_records(records: list[dict]) -> list[dict]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return records
+    shards: list[list[dict]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(shards, records)
+    return [r for shard in shards for r in shard]
+
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        for rec in records:
+            f.write(json.dumps(rec) + "\n")

@@ -1,0 +1,269 @@
+"""The RL LightningModule: PPO-style updates on experience made by a pluggable algorithm."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Literal
+
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from lit_vine.advantages import masked_mean, whiten
+from lit_vine.algorithms import Algorithm, RolloutContext, VinePPO
+from lit_vine.evaluation import EvalConfig
+from lit_vine.experience import Experience, Rollouts, pad_batch, position_ids
+from lit_vine.losses import Aggregation, KLEstimator, aggregate, kl_estimate, ppo_policy_loss, token_logprobs, value_loss
+from lit_vine.models import TinyConfig, ValueModel
+from lit_vine.policy_module import PolicyModule, check
+from lit_vine.rollout.engine import RolloutEngine, SamplingParams
+from lit_vine.tasks.base import Problem
+
+
+class RLModule(PolicyModule):
+    """Policy, frozen reference and (if the algorithm needs one) critic, trained with the clipped
+    PPO objective on mini-batches of experience. How advantages are made is ``algorithm``'s job.
+
+    Args:
+        policy: SFT checkpoint folder or hub name to start from (also the reference and critic init).
+        algorithm: advantage estimator, e.g. ``VinePPO`` or ``PPO``.
+        engine: rollout engine (``HFEngine`` everywhere, ``VLLMEngine`` on GPUs).
+        responses_per_prompt: G responses sampled per prompt per iteration.
+        temperature, top_p, max_new_tokens: training sampling (paper: 0.6, 0.9).
+        learning_rate, critic_learning_rate, weight_decay: AdamW settings.
+        ppo_epochs: passes over each iteration's experience (paper: 2).
+        mini_batch_size: episodes per optimizer step (paper: 64).
+        micro_batch_size: episodes per forward/backward; gradients accumulate to a mini-batch.
+        clip_low, clip_high: ratio clip range [1 - clip_low, 1 + clip_high] (paper: 0.2, 0.2).
+        value_clip: critic value clip.
+        kl_coef, kl_in, kl_estimator: KL to the reference, in the loss (paper: k3, 1e-4) or
+            subtracted from the reward (usually k1).
+        whiten_advantages: whiten advantages over the whole batch (pooled across ranks).
+        loss_aggregation: ``token_mean`` or ``seq_mean``.
+        entropy_coef: entropy bonus weight.
+        max_grad_norm: gradient clipping.
+    """
+
+    def __init__(
+        self,
+        policy: str = "checkpoints/sft-arith",
+        algorithm: Algorithm | None = None,
+        engine: RolloutEngine | None = None,
+        responses_per_prompt: int = 8,
+        temperature: float = 0.6,
+        top_p: float = 0.9,
+        max_new_tokens: int = 64,
+        learning_rate: float = 1e-6,
+        critic_learning_rate: float = 1e-5,
+        weight_decay: float = 0.0,
+        ppo_epochs: int = 2,
+        mini_batch_size: int = 64,
+        micro_batch_size: int = 16,
+        clip_low: float = 0.2,
+        clip_high: float = 0.2,
+        value_clip: float = 0.2,
+        kl_coef: float = 1e-4,
+        kl_in: Literal["loss", "reward"] = "loss",
+        kl_estimator: KLEstimator = "k3",
+        whiten_advantages: bool = True,
+        loss_aggregation: Aggregation = "token_mean",
+        entropy_coef: float = 0.0,
+        max_grad_norm: float = 1.0,
+        evaluation: EvalConfig = EvalConfig(),
+        tiny: TinyConfig = TinyConfig(),
+        seed: int = 0,
+    ) -> None:
+        check(responses_per_prompt >= 1, f"responses_per_prompt must be >= 1, got {responses_per_prompt}")
+        check(learning_rate > 0, f"learning_rate must be > 0, got {learning_rate}")
+        check(critic_learning_rate > 0, f"critic_learning_rate must be > 0, got {critic_learning_rate}")
+        check(ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {ppo_epochs}")
+        check(mini_batch_size >= 1 and micro_batch_size >= 1, "mini_batch_size and micro_batch_size must be >= 1")
+        check(0 <= clip_low < 1 and clip_high >= 0, f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+        check(kl_coef >= 0, f"kl_coef must be >= 0, got {kl_coef}")
+        check(kl_in in ("loss", "reward"), f"kl_in must be 'loss' or 'reward', got {kl_in!r}")
+        check(kl_estimator in ("k1", "k2", "k3"), f"kl_estimator must be 'k1', 'k2' or 'k3', got {kl_estimator!r}")
+        check(temperature > 0, f"temperature must be > 0 for training rollouts, got {temperature}")
+        super().__init__(policy, engine, max_new_tokens, evaluation, tiny, seed)
+        self.save_hyperparameters(ignore=["algorithm", "engine"])
+        self.automatic_optimization = False
+        self.algorithm = algorithm or VinePPO()
+        self.sampling = SamplingParams(temperature, top_p, max_new_tokens)
+        self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        self.critic = ValueModel(policy, tiny) if self.algorithm.uses_critic else None
+        self._stats: dict[str, float] = {}
+        self._samples: list[str] = []
+
+    # ----- experience ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def sequence_logprobs(self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, T: int) -> Tensor:
+        """Temperature-scaled log-probs ``(B, T)`` of the last ``T`` tokens, in micro-batches."""
+        out = []
+        for ids, mask in zip(input_ids.split(self.hparams.micro_batch_size), attention_mask.split(self.hparams.micro_batch_size)):
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits[:, -T - 1 : -1]
+            out.append(token_logprobs(logits / self.hparams.temperature, ids[:, -T:])[0])
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def critic_values(self, input_ids: Tensor, attention_mask: Tensor, T: int) -> Tensor:
+        """V(s_t) ``(B, T)`` for the state before each response token."""
+        out = []
+        for ids, mask in zip(input_ids.split(self.hparams.micro_batch_size), attention_mask.split(self.hparams.micro_batch_size)):
+            out.append(self.critic(ids, mask, position_ids(mask))[:, -T - 1 : -1])
+        return torch.cat(out)
+
+    def make_experience(self, problems: list[Problem]) -> Experience:
+        """One iteration's rollout: generate -> reward -> log-probs -> advantages."""
+        hp, G = self.hparams, self.hparams.responses_per_prompt
+        start = time.perf_counter()
+        prompts = [self.encode_prompt(p) for p in problems]
+        sampled = self.engine.generate(prompts, self.sampling.with_(n=G), seed=self.derived_seed("rollout"))
+        episodes = [(i, ids) for i, group in enumerate(sampled) for ids in group]
+        scored = [self.task.score(ids, problems[i], self.tokenizer) for i, ids in episodes]
+        generation_time = time.perf_counter() - start
+
+        device = self.device
+        input_ids, attention_mask, response_mask = (
+            x.to(device) for x in pad_batch([prompts[i] for i, _ in episodes], [ids for _, ids in episodes], self.tokenizer.pad_token_id)
+        )
+        T = response_mask.shape[1]
+        old_logprobs = self.sequence_logprobs(self.policy, input_ids, attention_mask, T)
+        ref_logprobs = self.sequence_logprobs(self.reference, input_ids, attention_mask, T)
+        values = self.critic_values(input_ids, attention_mask, T) * response_mask if self.critic is not None else None
+
+        scores = torch.tensor([reward for _, reward in scored], device=device)
+        lengths = response_mask.sum(-1).long()
+        token_rewards = torch.zeros_like(response_mask)
+        token_rewards[torch.arange(len(lengths)), lengths - 1] = scores
+        kl = kl_estimate(old_logprobs, ref_logprobs, hp.kl_estimator) * response_mask
+        if hp.kl_in == "reward":
+            token_rewards = token_rewards - hp.kl_coef * kl
+
+        rollouts = Rollouts(
+            problems=[problems[i] for i, _ in episodes],
+            group=torch.tensor([i for i, _ in episodes]),
+            prompt_ids=[prompts[i] for i, _ in episodes],
+            response_ids=[ids for _, ids in episodes],
+            texts=[text for text, _ in scored],
+            scores=scores,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            response_mask=response_mask,
+            old_logprobs=old_logprobs,
+            ref_logprobs=ref_logprobs,
+            token_rewards=token_rewards,
+            values=values,
+        )
+        ctx = RolloutContext(self.engine, self.tokenizer, self.task, self.sampling, self.derived_seed("values"))
+        advantages, returns = self.algorithm.advantages(rollouts, ctx)
+        raw_advantages = advantages
+        if hp.whiten_advantages:
+            advantages = whiten(advantages, response_mask)
+
+        finished = torch.tensor([bool(ids) and ids[-1] == self.tokenizer.eos_token_id for _, ids in episodes], dtype=torch.float)
+        self._stats = {
+            "rollout/reward": float(scores.mean()),
+            "rollout/finished": float(finished.mean()),
+            "rollout/response_length": float(lengths.float().mean()),
+            "rollout/kl_ref": float(masked_mean(kl, response_mask)),
+            "advantages/mean": float(masked_mean(raw_advantages, response_mask)),
+            "advantages/std": float(masked_mean(raw_advantages**2, response_mask).sqrt()),
+            "advantages/abs_mean": float(masked_mean(raw_advantages.abs(), response_mask)),
+            "time/generation": generation_time,
+            **ctx.stats,
+        }
+        if values is not None:
+            self._stats["critic/value_mean"] = float(masked_mean(values, response_mask))
+        self._samples = [f"**prompt** {problems[i].question}\n\n**response** {text}\n\n**reward** {r}" for (i, _), (text, r) in list(zip(episodes, scored))[:: max(1, len(episodes) // 4)]]
+        self._iteration_start = start
+
+        zeros = torch.zeros_like(response_mask)
+        return Experience(
+            input_ids=input_ids.cpu(),
+            attention_mask=attention_mask.cpu(),
+            response_mask=response_mask.cpu(),
+            old_logprobs=old_logprobs.cpu(),
+            ref_logprobs=ref_logprobs.cpu(),
+            advantages=advantages.cpu(),
+            returns=(returns if returns is not None else zeros).cpu(),
+            old_values=(values if values is not None else zeros).cpu(),
+        )
+
+    # ----- training -----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        policy_opt = torch.optim.AdamW(self.policy.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        if self.critic is None:
+            return policy_opt
+        critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=hp.critic_learning_rate, weight_decay=hp.weight_decay)
+        return [policy_opt, critic_opt]
+
+    def _micro_batches(self, batch: Experience):
+        """Micro-batches with the weight that makes their summed losses equal the mini-batch loss."""
+        hp = self.hparams
+        tokens, rows = batch.response_mask.sum(), len(batch)
+        for idx in torch.arange(rows, device=batch.input_ids.device).split(hp.micro_batch_size):
+            micro = batch.select(idx)
+            weight = micro.response_mask.sum() / tokens if hp.loss_aggregation == "token_mean" else len(idx) / rows
+            yield micro, weight
+
+    def training_step(self, batch: Experience, batch_idx: int) -> None:
+        hp = self.hparams
+        optimizers = self.optimizers()
+        policy_opt, critic_opt = optimizers if isinstance(optimizers, list) else (optimizers, None)
+        logs: dict[str, Tensor] = {}
+
+        def add(name: str, value: Tensor, weight) -> None:
+            logs[name] = logs.get(name, 0.0) + value.detach() * weight
+
+        for micro, weight in self._micro_batches(batch):
+            P, mask = micro.prompt_width, micro.response_mask
+            logits = self.policy(
+                input_ids=micro.input_ids, attention_mask=micro.attention_mask, position_ids=position_ids(micro.attention_mask)
+            ).logits[:, P - 1 : -1]
+            logprobs, entropy = token_logprobs(logits / hp.temperature, micro.input_ids[:, P:])
+            pg_loss, pg_stats = ppo_policy_loss(
+                logprobs, micro.old_logprobs, micro.advantages, mask, hp.clip_low, hp.clip_high, hp.loss_aggregation
+            )
+            kl = aggregate(kl_estimate(logprobs, micro.ref_logprobs, hp.kl_estimator), mask, hp.loss_aggregation)
+            ent = aggregate(entropy, mask, hp.loss_aggregation)
+            loss = pg_loss - hp.entropy_coef * ent
+            if hp.kl_in == "loss":
+                loss = loss + hp.kl_coef * kl
+            self.manual_backward(loss * weight)
+            add("train/policy_loss", pg_loss, weight)
+            add("train/kl_ref", kl, weight)
+            add("train/entropy", ent, weight)
+            for name, value in pg_stats.items():
+                add(f"train/{name}", value, weight)
+        logs["train/policy_grad_norm"] = self._step(policy_opt, self.policy)
+
+        if critic_opt is not None:
+            for micro, weight in self._micro_batches(batch):
+                values = self.critic(micro.input_ids, micro.attention_mask, position_ids(micro.attention_mask))
+                values = values[:, micro.prompt_width - 1 : -1]
+                v_loss, v_stats = value_loss(values, micro.old_values, micro.returns, micro.response_mask, hp.value_clip, hp.loss_aggregation)
+                self.manual_backward(v_loss * weight)
+                add("train/value_loss", v_loss, weight)
+                add("train/value_clip_frac", v_stats["value_clip_frac"], weight)
+            logs["train/critic_grad_norm"] = self._step(critic_opt, self.critic)
+
+        logs["train/learning_rate"] = torch.tensor(policy_opt.param_groups[0]["lr"])
+        self.log_dict(logs, prog_bar=False)
+        self.log("iteration", float(self.current_epoch), prog_bar=True)
+
+    def _step(self, optimizer, model: torch.nn.Module) -> Tensor:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.hparams.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return norm.detach()
+
+    def on_train_epoch_end(self) -> None:
+        """One RL iteration is over: log its statistics and hand the new weights to the engine."""
+        self._stats["time/iteration"] = time.perf_counter() - self._iteration_start
+        self._stats["time/training"] = self._stats["time/iteration"] - self._stats["time/generation"] - self._stats.get("time/value_estimation", 0.0)
+        self.log_dict(self._stats, sync_dist=True, prog_bar=False)
+        self.log("reward", self._stats["rollout/reward"], prog_bar=True, sync_dist=True)
+        if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
+            self.logger.experiment.add_text("samples", "\n\n---\n\n".join(self._samples), self.current_epoch)
+        self.engine.sync_weights(self.policy)

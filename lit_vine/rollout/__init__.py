@@ -1,0 +1,3 @@
+from lit_vine.rollout.engine import HFEngine, RolloutEngine, SamplingParams
+
+__all__ = ["HFEngine", "RolloutEngine", "SamplingParams"]
