@@ -1,6 +1,6 @@
 """lit-vine: reinforcement learning for step-by-step reasoning, VinePPO at its heart, on Lightning."""
 
-from lit_vine.algorithms import PPO, Algorithm, VinePPO
+from lit_vine.algorithms import GRPO, PPO, RLOO, VCPPO, Algorithm, DPOPlus, Reinforce, RestEM, VinePPO
 from lit_vine.data import SFTDataModule, TaskDataModule
 from lit_vine.rl import RLModule
 from lit_vine.rollout.engine import HFEngine, RolloutEngine, SamplingParams
@@ -8,7 +8,13 @@ from lit_vine.sft import SFTModule
 from lit_vine.tasks import ArithmeticTask, Problem, Task
 
 __all__ = [
+    "GRPO",
     "PPO",
+    "RLOO",
+    "VCPPO",
+    "DPOPlus",
+    "Reinforce",
+    "RestEM",
     "Algorithm",
     "ArithmeticTask",
     "HFEngine",

@@ -1,19 +1,25 @@
 """Algorithms: how a batch of rollouts becomes per-token advantages (and critic targets).
 
 Pick one in YAML (``model.init_args.algorithm.class_path``) or on the command line with
-``--model.algorithm VinePPO`` / ``PPO``; its knobs follow, e.g. ``--model.algorithm.num_mc_rollouts 9``.
+``--model.algorithm VinePPO`` (``PPO``, ``VCPPO``, ``GRPO``, ``RLOO``, ``Reinforce``, ``RestEM``,
+``DPOPlus``); its knobs follow, e.g. ``--model.algorithm.num_mc_rollouts 9``.
+
+``objective`` tells the trainer which loss the advantages feed: the clipped PPO surrogate, a
+weighted negative log-likelihood (RestEM's SFT on filtered samples) or the DPO-Positive loss.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from lit_vine.advantages import fill_values_past_cap, gae, vine_advantages
+from lit_vine.advantages import fill_values_past_cap, gae, group_advantages, vine_advantages
+from lit_vine.errors import check
 from lit_vine.experience import Rollouts
 from lit_vine.rollout.engine import RolloutEngine, SamplingParams
 from lit_vine.steps import step_token_ends
@@ -33,9 +39,12 @@ class RolloutContext:
 
 
 class Algorithm:
-    """Base class. ``uses_critic`` tells the trainer to build and train a value model."""
+    """Base class. ``uses_critic`` tells the trainer to build and train a value model;
+    ``value_pretrain_iterations`` how many first iterations train the critic alone."""
 
     uses_critic: bool = False
+    objective: Literal["ppo", "nll", "dpo"] = "ppo"
+    value_pretrain_iterations: int = 0
 
     def advantages(self, rollouts: Rollouts, ctx: RolloutContext) -> tuple[Tensor, Tensor | None]:
         """Per-token advantages ``(B, T)`` and critic targets ``(B, T)`` (``None`` without critic)."""
@@ -56,8 +65,7 @@ class PPO(Algorithm):
 
     def __init__(self, gamma: float = 1.0, lam: float = 1.0, critic_lam: float | None = None) -> None:
         for name, value in [("gamma", gamma), ("lam", lam), ("critic_lam", critic_lam)]:
-            if value is not None and not 0 <= value <= 1:
-                raise ValueError(f"PPO.{name} must be in [0, 1], got {value}")
+            check(value is None or 0 <= value <= 1, f"algorithm.{name} must be in [0, 1], got {value}")
         self.gamma, self.lam, self.critic_lam = gamma, lam, critic_lam
 
     def advantages(self, rollouts: Rollouts, ctx: RolloutContext) -> tuple[Tensor, Tensor]:
@@ -67,6 +75,140 @@ class PPO(Algorithm):
         if self.critic_lam is not None and self.critic_lam != self.lam:
             _, returns = gae(rewards, values, mask, self.gamma, self.critic_lam)
         return advantages, returns
+
+
+class VCPPO(PPO):
+    """Value-calibrated PPO (Yuan et al. 2025): value pretraining, then decoupled GAE.
+
+    Args:
+        lam: lambda_actor for the policy's advantages (best in [0.95, 1.0)).
+        critic_lam: lambda_critic for the critic's targets (1.0: Monte Carlo returns, unbiased).
+        value_pretrain_iterations: at most this many first iterations train only the critic, on
+            responses of the still-frozen SFT policy against lambda = 1 returns.
+        value_pretrain_patience: pretraining ends early once the critic's explained variance has
+            not improved for this many iterations (more pretraining overfits).
+    """
+
+    def __init__(
+        self,
+        gamma: float = 1.0,
+        lam: float = 0.95,
+        critic_lam: float = 1.0,
+        value_pretrain_iterations: int = 10,
+        value_pretrain_patience: int = 2,
+    ) -> None:
+        super().__init__(gamma, lam, critic_lam)
+        check(value_pretrain_iterations >= 0, f"algorithm.value_pretrain_iterations must be >= 0, got {value_pretrain_iterations}")
+        check(value_pretrain_patience >= 1, f"algorithm.value_pretrain_patience must be >= 1, got {value_pretrain_patience}")
+        self.value_pretrain_iterations, self.value_pretrain_patience = value_pretrain_iterations, value_pretrain_patience
+
+
+class GroupBaseline(Algorithm):
+    """Critic-free, sequence-level: every token of a response gets the response's advantage.
+
+    The score of a response is the sum of its token rewards (R, minus the KL penalty when
+    ``kl_in="reward"``); ``baseline`` picks what is subtracted from it.
+    """
+
+    baseline: str = "mean"
+    normalize_std: bool = False
+
+    def advantages(self, rollouts: Rollouts, ctx: RolloutContext) -> tuple[Tensor, None]:
+        scores = (rollouts.token_rewards * rollouts.response_mask).sum(-1)
+        seq_adv = group_advantages(scores, rollouts.group.to(scores.device), self.baseline, self.normalize_std)
+        return seq_adv[:, None] * rollouts.response_mask, None
+
+
+class GRPO(GroupBaseline):
+    """GRPO (Shao et al. 2024): A = (R - mean of the prompt's group) / (std of the group + eps).
+
+    Args:
+        normalize_std: divide by the group's std (Dr. GRPO argues for ``False``).
+    """
+
+    def __init__(self, normalize_std: bool = True) -> None:
+        self.normalize_std = normalize_std
+
+
+class RLOO(GroupBaseline):
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): A = R - mean of the other G-1 responses."""
+
+    baseline = "leave_one_out"
+
+
+class Reinforce(GroupBaseline):
+    """REINFORCE with a batch baseline: A = R - mean reward of the whole batch."""
+
+    baseline = "batch"
+
+
+class RestEM(Algorithm):
+    """RestEM (Singh et al. 2024): keep correct samples, at most ``max_per_prompt`` per prompt,
+    and fine-tune on them (weighted NLL: weight 1 on kept responses, 0 elsewhere).
+
+    Args:
+        max_per_prompt: cap on kept correct responses per prompt (keeps easy prompts from dominating).
+    """
+
+    objective = "nll"
+
+    def __init__(self, max_per_prompt: int = 4) -> None:
+        check(max_per_prompt >= 1, f"algorithm.max_per_prompt must be >= 1, got {max_per_prompt}")
+        self.max_per_prompt = max_per_prompt
+
+    def keep(self, scores: Tensor, group: Tensor) -> Tensor:
+        """``(B,)`` bool: correct responses, the first ``max_per_prompt`` of each prompt."""
+        kept = torch.zeros_like(scores, dtype=torch.bool)
+        taken: dict[int, int] = {}
+        for b, (score, g) in enumerate(zip(scores.tolist(), group.tolist())):
+            if score > 0 and taken.get(g, 0) < self.max_per_prompt:
+                kept[b], taken[g] = True, taken.get(g, 0) + 1
+        return kept
+
+    def advantages(self, rollouts: Rollouts, ctx: RolloutContext) -> tuple[Tensor, None]:
+        kept = self.keep(rollouts.scores, rollouts.group).to(rollouts.response_mask.dtype)
+        ctx.stats["restem/kept_fraction"] = float(kept.mean())
+        return kept[:, None] * rollouts.response_mask, None
+
+
+class DPOPlus(Algorithm):
+    """DPO-Positive (Pal et al. 2024) on (correct, incorrect) pairs of responses to one prompt.
+
+    Loss = -log sigmoid(beta * (margin_w - margin_l)) + lambda_dpop * max(0, log pi_ref(y_w) - log pi(y_w)),
+    margins being log pi - log pi_ref summed over the response; the penalty keeps the chosen
+    response's likelihood from falling.
+
+    Args:
+        beta: DPO temperature (paper: 0.1).
+        lambda_dpop: weight of the positive-likelihood penalty (paper: 50).
+        max_pairs_per_prompt: pairs formed per prompt (each correct response paired with an incorrect one).
+    """
+
+    objective = "dpo"
+
+    def __init__(self, beta: float = 0.1, lambda_dpop: float = 50.0, max_pairs_per_prompt: int = 4) -> None:
+        check(beta > 0, f"algorithm.beta must be > 0, got {beta}")
+        check(lambda_dpop >= 0, f"algorithm.lambda_dpop must be >= 0, got {lambda_dpop}")
+        check(max_pairs_per_prompt >= 1, f"algorithm.max_pairs_per_prompt must be >= 1, got {max_pairs_per_prompt}")
+        self.beta, self.lambda_dpop, self.max_pairs_per_prompt = beta, lambda_dpop, max_pairs_per_prompt
+
+    def pairs(self, scores: Tensor, group: Tensor) -> list[tuple[int, int]]:
+        """(chosen, rejected) episode indices: correct and incorrect responses of the same prompt."""
+        out = []
+        for g in group.unique().tolist():
+            idx = (group == g).nonzero().flatten().tolist()
+            good = [b for b in idx if scores[b] > 0]
+            bad = [b for b in idx if scores[b] <= 0]
+            out += list(zip(good, bad))[: self.max_pairs_per_prompt]
+        return out
+
+    def advantages(self, rollouts: Rollouts, ctx: RolloutContext) -> tuple[Tensor, None]:
+        """Marks pairs for the trainer: +1 on the chosen response's tokens, -1 on the rejected one's."""
+        sign = torch.zeros_like(rollouts.scores)
+        for chosen, rejected in self.pairs(rollouts.scores, rollouts.group):
+            sign[chosen], sign[rejected] = 1.0, -1.0
+        ctx.stats["dpo/pairs"] = float((sign > 0).sum())
+        return sign[:, None] * rollouts.response_mask, None
 
 
 class VinePPO(Algorithm):
@@ -79,10 +221,8 @@ class VinePPO(Algorithm):
     """
 
     def __init__(self, num_mc_rollouts: int = 9, max_steps: int = 25) -> None:
-        if num_mc_rollouts < 1:
-            raise ValueError(f"VinePPO.num_mc_rollouts (K) must be >= 1, got {num_mc_rollouts}")
-        if max_steps < 1:
-            raise ValueError(f"VinePPO.max_steps must be >= 1, got {max_steps}")
+        check(num_mc_rollouts >= 1, f"algorithm.num_mc_rollouts (K) must be >= 1, got {num_mc_rollouts}")
+        check(max_steps >= 1, f"algorithm.max_steps must be >= 1, got {max_steps}")
         self.num_mc_rollouts, self.max_steps = num_mc_rollouts, max_steps
 
     def advantages(self, rollouts: Rollouts, ctx: RolloutContext) -> tuple[Tensor, None]:

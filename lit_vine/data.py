@@ -57,8 +57,15 @@ class TaskDataModule(LightningDataModule):
             num_mini_batches=num_mini_batches(episodes, module.hparams.mini_batch_size),
             ppo_epochs=module.hparams.ppo_epochs,
             shuffle_seed=lambda: module.derived_seed("shuffle"),
+            unit=2 if module.algorithm.objective == "dpo" else 1,
         )
         return DataLoader(stream, batch_size=None)
+
+    def setup(self, stage: str) -> None:
+        # The task learns the policy's tokenizer before serving problems (prompt-length rules).
+        tokenizer = getattr(self.trainer.lightning_module, "tokenizer", None) if self.trainer else None
+        if tokenizer is not None:
+            self.task.prepare(tokenizer)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         if isinstance(batch, list) and batch and isinstance(batch[0], Problem):
@@ -93,7 +100,7 @@ class SFTDataModule(TaskDataModule):
         tokenizer = self.trainer.lightning_module.tokenizer
         examples, skipped = [], 0
         for p in self.task.problems("train"):
-            prompt = tokenizer(self.task.prompt(p)).input_ids
+            prompt = self.task.prompt_ids(p, tokenizer)
             target = tokenizer(p.solution, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
             if len(prompt) + len(target) > self.max_length:
                 skipped += 1

@@ -77,6 +77,8 @@ class Experience:
 
     def select(self, rows: Tensor) -> Experience:
         """Rows ``rows``, with columns that are padding in all of them cut away."""
+        if len(rows) == 0:
+            return Experience(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
         P = self.prompt_width
         attention = self.attention_mask[rows]
         left = int(attention[:, :P].sum(0).nonzero()[0]) if P else 0
@@ -93,6 +95,9 @@ class ExperienceStream(IterableDataset):
     of ``num_mini_batches`` mini-batches over it.
 
     Lightning calls ``iter()`` once per epoch, so one Lightning epoch is one RL iteration.
+    ``unit`` consecutive rows stay together (2 for DPO's chosen/rejected pairs). When the
+    experience has fewer units than mini-batches (RestEM keeps only correct answers), fewer,
+    smaller mini-batches are yielded.
     """
 
     def __init__(
@@ -101,9 +106,10 @@ class ExperienceStream(IterableDataset):
         num_mini_batches: int,
         ppo_epochs: int,
         shuffle_seed: Callable[[], int],
+        unit: int = 1,
     ) -> None:
         self.collect, self.num_mini_batches, self.ppo_epochs = collect, num_mini_batches, ppo_epochs
-        self.shuffle_seed = shuffle_seed
+        self.shuffle_seed, self.unit = shuffle_seed, unit
 
     def __len__(self) -> int:
         return self.ppo_epochs * self.num_mini_batches
@@ -111,9 +117,13 @@ class ExperienceStream(IterableDataset):
     def __iter__(self) -> Iterator[Experience]:
         experience = self.collect()
         generator = torch.Generator().manual_seed(self.shuffle_seed())
+        units = len(experience) // self.unit
+        if units == 0:
+            return
         for _ in range(self.ppo_epochs):
-            order = torch.randperm(len(experience), generator=generator)
-            for rows in order.tensor_split(self.num_mini_batches):
+            order = torch.randperm(units, generator=generator)
+            for chosen in order.tensor_split(min(self.num_mini_batches, units)):
+                rows = (chosen[:, None] * self.unit + torch.arange(self.unit)).flatten()
                 yield experience.select(rows)
 
 

@@ -78,3 +78,20 @@ def token_logprobs(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
     logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
+
+
+def dpo_positive_loss(
+    logp_chosen: Tensor, logp_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float, lambda_dpop: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """DPO-Positive (Pal et al. 2024, eq. 3) on sequence log-likelihoods ``(N,)`` of N pairs.
+
+    -log sigmoid(beta * ((lw - rw) - (ll - rl) - lambda_dpop * max(0, rw - lw))), averaged over pairs:
+    the penalty inside the sigmoid grows when the chosen response becomes less likely than under
+    the reference.
+    """
+    penalty = torch.clamp(ref_chosen - logp_chosen, min=0)
+    margin = (logp_chosen - ref_chosen) - (logp_rejected - ref_rejected)
+    loss = -F.logsigmoid(beta * (margin - lambda_dpop * penalty)).mean()
+    with torch.no_grad():
+        stats = {"dpo_margin": margin.mean(), "dpo_accuracy": (margin > 0).float().mean(), "dpop_penalty": penalty.mean()}
+    return loss, stats

@@ -81,19 +81,25 @@ def load_policy_and_tokenizer(name: str, tiny: TinyConfig | None = None) -> tupl
     offline one of size ``tiny``."""
     if name == BUILTIN_TINY:
         return build_tiny(tiny or TinyConfig())
-    _check_local(name)
-    tokenizer = AutoTokenizer.from_pretrained(name)
+    tokenizer = _from_pretrained(AutoTokenizer, name)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return AutoModelForCausalLM.from_pretrained(name), tokenizer
+    return _from_pretrained(AutoModelForCausalLM, name), tokenizer
 
 
-def _check_local(name: str) -> None:
-    """A name that looks like a path must exist: otherwise the hub error hides the typo."""
-    if (name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1]) and not os.path.isdir(
-        os.path.expanduser(name)
-    ):
+def _from_pretrained(auto_class, name: str):
+    """``from_pretrained`` with an error that says which name failed and why.
+
+    A name whose first path component is a local folder (``checkpoints/x``) or that starts like a
+    path is never sent to the hub, so a typo in a local path is not reported as a network error.
+    """
+    looks_local = name.startswith((".", "/", "~")) or os.path.isdir(name.split("/", 1)[0]) or name.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(name)):
         raise FileNotFoundError(f"model checkpoint folder not found: {name!r}")
+    try:
+        return auto_class.from_pretrained(os.path.expanduser(name))
+    except OSError as err:
+        raise FileNotFoundError(f"cannot load {name!r}: not a local folder, and the hub said: {err}") from err
 
 
 class ValueModel(nn.Module):
@@ -104,8 +110,7 @@ class ValueModel(nn.Module):
         if name == BUILTIN_TINY:
             self.body = build_tiny(tiny or TinyConfig())[0].model
         else:
-            _check_local(name)
-            self.body = AutoModel.from_pretrained(name)
+            self.body = _from_pretrained(AutoModel, name)
         hidden = self.body.config.hidden_size
         self.head = nn.Linear(hidden, 1)
         nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)

@@ -11,19 +11,11 @@ import torch.distributed as dist
 from lightning import LightningModule
 from torchmetrics import MeanMetric
 
+from lit_vine.errors import ConfigError, check
 from lit_vine.evaluation import EvalConfig, evaluate
 from lit_vine.models import TinyConfig, load_policy_and_tokenizer
 from lit_vine.rollout.engine import HFEngine, RolloutEngine
 from lit_vine.tasks.base import Problem, Task
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
-
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 class PolicyModule(LightningModule):
@@ -70,7 +62,7 @@ class PolicyModule(LightningModule):
         return zlib.crc32(key.encode())
 
     def encode_prompt(self, problem: Problem) -> list[int]:
-        return self.tokenizer(self.task.prompt(problem)).input_ids
+        return self.task.prompt_ids(problem, self.tokenizer)
 
     def evaluate_problems(self, problems: list[Problem], seed: int) -> list[dict]:
         prompts = [self.encode_prompt(p) for p in problems]

@@ -14,9 +14,19 @@ from lit_vine.advantages import masked_mean, whiten
 from lit_vine.algorithms import Algorithm, RolloutContext, VinePPO
 from lit_vine.evaluation import EvalConfig
 from lit_vine.experience import Experience, Rollouts, pad_batch, position_ids
-from lit_vine.losses import Aggregation, KLEstimator, aggregate, kl_estimate, ppo_policy_loss, token_logprobs, value_loss
+from lit_vine.losses import (
+    Aggregation,
+    KLEstimator,
+    aggregate,
+    dpo_positive_loss,
+    kl_estimate,
+    ppo_policy_loss,
+    token_logprobs,
+    value_loss,
+)
 from lit_vine.models import TinyConfig, ValueModel
-from lit_vine.policy_module import PolicyModule, check
+from lit_vine.errors import check
+from lit_vine.policy_module import PolicyModule
 from lit_vine.rollout.engine import RolloutEngine, SamplingParams
 from lit_vine.tasks.base import Problem
 
@@ -91,6 +101,10 @@ class RLModule(PolicyModule):
         self.sampling = SamplingParams(temperature, top_p, max_new_tokens)
         self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.critic = ValueModel(policy, tiny) if self.algorithm.uses_critic else None
+        # The PPO family scores tokens at the sampling temperature (design notes, sec. 1);
+        # RestEM's NLL and DPO+ are likelihood objectives at temperature 1.
+        self.score_temperature = temperature if self.algorithm.objective == "ppo" else 1.0
+        self.value_pretraining = {"active": self.algorithm.value_pretrain_iterations > 0, "best_ev": float("-inf"), "stale": 0}
         self._stats: dict[str, float] = {}
         self._samples: list[str] = []
 
@@ -101,7 +115,7 @@ class RLModule(PolicyModule):
         out = []
         for ids, mask in zip(input_ids.split(self.hparams.micro_batch_size), attention_mask.split(self.hparams.micro_batch_size)):
             logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits[:, -T - 1 : -1]
-            out.append(token_logprobs(logits / self.hparams.temperature, ids[:, -T:])[0])
+            out.append(token_logprobs(logits / self.score_temperature, ids[:, -T:])[0])
         return torch.cat(out)
 
     @torch.no_grad()
@@ -157,7 +171,7 @@ class RLModule(PolicyModule):
         ctx = RolloutContext(self.engine, self.tokenizer, self.task, self.sampling, self.derived_seed("values"))
         advantages, returns = self.algorithm.advantages(rollouts, ctx)
         raw_advantages = advantages
-        if hp.whiten_advantages:
+        if hp.whiten_advantages and self.algorithm.objective == "ppo":
             advantages = whiten(advantages, response_mask)
 
         finished = torch.tensor([bool(ids) and ids[-1] == self.tokenizer.eos_token_id for _, ids in episodes], dtype=torch.float)
@@ -174,11 +188,12 @@ class RLModule(PolicyModule):
         }
         if values is not None:
             self._stats["critic/value_mean"] = float(masked_mean(values, response_mask))
+            self._update_value_pretraining(values, returns, response_mask)
         self._samples = [f"**prompt** {problems[i].question}\n\n**response** {text}\n\n**reward** {r}" for (i, _), (text, r) in list(zip(episodes, scored))[:: max(1, len(episodes) // 4)]]
         self._iteration_start = start
 
         zeros = torch.zeros_like(response_mask)
-        return Experience(
+        experience = Experience(
             input_ids=input_ids.cpu(),
             attention_mask=attention_mask.cpu(),
             response_mask=response_mask.cpu(),
@@ -188,6 +203,34 @@ class RLModule(PolicyModule):
             returns=(returns if returns is not None else zeros).cpu(),
             old_values=(values if values is not None else zeros).cpu(),
         )
+        return experience.select(self._training_rows(rollouts, raw_advantages.cpu()))
+
+    def _training_rows(self, rollouts: Rollouts, advantages: Tensor) -> Tensor:
+        """Episodes the objective trains on: all for PPO, the kept ones for RestEM, and
+        (chosen, rejected) pairs side by side for DPO+."""
+        if self.algorithm.objective == "nll":
+            return (advantages != 0).any(-1).nonzero().flatten()
+        if self.algorithm.objective == "dpo":
+            pairs = self.algorithm.pairs(rollouts.scores.cpu(), rollouts.group)
+            return torch.tensor([b for pair in pairs for b in pair], dtype=torch.long)
+        return torch.arange(len(advantages))
+
+    def _update_value_pretraining(self, values: Tensor, returns: Tensor, mask: Tensor) -> None:
+        """VC-PPO: pretrain the critic until its explained variance on fresh rollouts stops improving."""
+        residual_var = masked_mean((returns - values) ** 2, mask) - masked_mean(returns - values, mask) ** 2
+        returns_var = masked_mean(returns**2, mask) - masked_mean(returns, mask) ** 2
+        ev = float(1 - residual_var / returns_var.clamp(min=1e-8))
+        self._stats["critic/explained_variance"] = ev
+        state = self.value_pretraining
+        if state["active"]:
+            if ev > state["best_ev"]:
+                state["best_ev"], state["stale"] = ev, 0
+            else:
+                state["stale"] += 1
+            patience = getattr(self.algorithm, "value_pretrain_patience", 1)
+            if state["stale"] >= patience or self.current_epoch >= self.algorithm.value_pretrain_iterations:
+                state["active"] = False
+        self._stats["critic/value_pretraining"] = float(state["active"])
 
     # ----- training -----------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -202,13 +245,16 @@ class RLModule(PolicyModule):
         """Micro-batches with the weight that makes their summed losses equal the mini-batch loss."""
         hp = self.hparams
         tokens, rows = batch.response_mask.sum(), len(batch)
-        for idx in torch.arange(rows, device=batch.input_ids.device).split(hp.micro_batch_size):
+        size = hp.micro_batch_size
+        if self.algorithm.objective == "dpo":  # keep (chosen, rejected) pairs in one micro-batch
+            size = max(2, size - size % 2)
+        for idx in torch.arange(rows, device=batch.input_ids.device).split(size):
             micro = batch.select(idx)
-            weight = micro.response_mask.sum() / tokens if hp.loss_aggregation == "token_mean" else len(idx) / rows
+            by_tokens = hp.loss_aggregation == "token_mean" and self.algorithm.objective != "dpo"
+            weight = micro.response_mask.sum() / tokens if by_tokens else len(idx) / rows
             yield micro, weight
 
     def training_step(self, batch: Experience, batch_idx: int) -> None:
-        hp = self.hparams
         optimizers = self.optimizers()
         policy_opt, critic_opt = optimizers if isinstance(optimizers, list) else (optimizers, None)
         logs: dict[str, Tensor] = {}
@@ -216,29 +262,16 @@ class RLModule(PolicyModule):
         def add(name: str, value: Tensor, weight) -> None:
             logs[name] = logs.get(name, 0.0) + value.detach() * weight
 
-        for micro, weight in self._micro_batches(batch):
-            P, mask = micro.prompt_width, micro.response_mask
-            logits = self.policy(
-                input_ids=micro.input_ids, attention_mask=micro.attention_mask, position_ids=position_ids(micro.attention_mask)
-            ).logits[:, P - 1 : -1]
-            logprobs, entropy = token_logprobs(logits / hp.temperature, micro.input_ids[:, P:])
-            pg_loss, pg_stats = ppo_policy_loss(
-                logprobs, micro.old_logprobs, micro.advantages, mask, hp.clip_low, hp.clip_high, hp.loss_aggregation
-            )
-            kl = aggregate(kl_estimate(logprobs, micro.ref_logprobs, hp.kl_estimator), mask, hp.loss_aggregation)
-            ent = aggregate(entropy, mask, hp.loss_aggregation)
-            loss = pg_loss - hp.entropy_coef * ent
-            if hp.kl_in == "loss":
-                loss = loss + hp.kl_coef * kl
-            self.manual_backward(loss * weight)
-            add("train/policy_loss", pg_loss, weight)
-            add("train/kl_ref", kl, weight)
-            add("train/entropy", ent, weight)
-            for name, value in pg_stats.items():
-                add(f"train/{name}", value, weight)
-        logs["train/policy_grad_norm"] = self._step(policy_opt, self.policy)
+        if not self.value_pretraining["active"]:
+            for micro, weight in self._micro_batches(batch):
+                loss, stats = self._policy_loss(micro)
+                self.manual_backward(loss * weight)
+                for name, value in stats.items():
+                    add(f"train/{name}", value, weight)
+            logs["train/policy_grad_norm"] = self._step(policy_opt, self.policy)
 
         if critic_opt is not None:
+            hp = self.hparams
             for micro, weight in self._micro_batches(batch):
                 values = self.critic(micro.input_ids, micro.attention_mask, position_ids(micro.attention_mask))
                 values = values[:, micro.prompt_width - 1 : -1]
@@ -251,6 +284,30 @@ class RLModule(PolicyModule):
         logs["train/learning_rate"] = torch.tensor(policy_opt.param_groups[0]["lr"])
         self.log_dict(logs, prog_bar=False)
         self.log("iteration", float(self.current_epoch), prog_bar=True)
+
+    def _policy_loss(self, micro: Experience) -> tuple[Tensor, dict[str, Tensor]]:
+        """The algorithm's objective on one micro-batch, plus KL and entropy terms."""
+        hp = self.hparams
+        P, mask = micro.prompt_width, micro.response_mask
+        logits = self.policy(
+            input_ids=micro.input_ids, attention_mask=micro.attention_mask, position_ids=position_ids(micro.attention_mask)
+        ).logits[:, P - 1 : -1]
+        logprobs, entropy = token_logprobs(logits / self.score_temperature, micro.input_ids[:, P:])
+        objective = self.algorithm.objective
+        if objective == "ppo":
+            loss, stats = ppo_policy_loss(logprobs, micro.old_logprobs, micro.advantages, mask, hp.clip_low, hp.clip_high, hp.loss_aggregation)
+        elif objective == "nll":
+            loss, stats = aggregate(-logprobs * micro.advantages, mask, hp.loss_aggregation), {}
+        else:  # dpo: rows are (chosen, rejected) pairs
+            seq, ref = (logprobs * mask).sum(-1), (micro.ref_logprobs * mask).sum(-1)
+            loss, stats = dpo_positive_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2], self.algorithm.beta, self.algorithm.lambda_dpop)
+        stats["policy_loss"] = loss.detach()
+        kl = aggregate(kl_estimate(logprobs, micro.ref_logprobs, hp.kl_estimator), mask, hp.loss_aggregation)
+        ent = aggregate(entropy, mask, hp.loss_aggregation)
+        loss = loss - hp.entropy_coef * ent
+        if hp.kl_in == "loss" and objective == "ppo":
+            loss = loss + hp.kl_coef * kl
+        return loss, {**stats, "kl_ref": kl.detach(), "entropy": ent.detach()}
 
     def _step(self, optimizer, model: torch.nn.Module) -> Tensor:
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.hparams.max_grad_norm)

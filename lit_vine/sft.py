@@ -8,7 +8,8 @@ import torch
 
 from lit_vine.evaluation import EvalConfig
 from lit_vine.models import BUILTIN_TINY, TinyConfig
-from lit_vine.policy_module import PolicyModule, check
+from lit_vine.errors import check
+from lit_vine.policy_module import PolicyModule
 from lit_vine.rollout.engine import RolloutEngine
 
 

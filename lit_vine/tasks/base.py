@@ -31,6 +31,14 @@ class Task:
         """The text the policy continues."""
         raise NotImplementedError
 
+    def prompt_ids(self, problem: Problem, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+        """Token ids of the prompt; tasks with chat templates or prompt-length rules override it."""
+        return tokenizer(self.prompt(problem)).input_ids
+
+    def prepare(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Called by ``TaskDataModule.setup`` once the policy's tokenizer is known, before any
+        problem is served (a task may drop or truncate prompts that are too long)."""
+
     def reward(self, response: str, problem: Problem) -> float:
         """1.0 for a correct final answer in ``response``, else 0.0."""
         raise NotImplementedError

@@ -1,0 +1,118 @@
+"""Short RL loops end to end: a policy update happens and the metrics are logged."""
+
+import json
+
+import pytest
+import torch
+from lightning import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from conftest import REPO
+from lit_vine import GRPO, PPO, RLOO, VCPPO, ArithmeticTask, DPOPlus, Reinforce, RestEM, RLModule, TaskDataModule, VinePPO
+from lit_vine.cli import main
+from lit_vine.evaluation import EvalConfig
+
+SFT = str(REPO / "checkpoints" / "sft-arith")
+
+
+def tiny_run(algorithm, tmp_path, iterations=2, **overrides):
+    torch.manual_seed(0)
+    settings = dict(
+        policy=SFT,
+        algorithm=algorithm,
+        responses_per_prompt=2,
+        max_new_tokens=40,
+        learning_rate=1e-3,
+        critic_learning_rate=1e-3,
+        mini_batch_size=8,
+        micro_batch_size=4,
+        evaluation=EvalConfig(num_samples=2),
+    )
+    module = RLModule(**{**settings, **overrides})
+    data = TaskDataModule(ArithmeticTask(num_train=64, num_validation=8, num_test=8), prompts_per_iteration=8, eval_batch_size=8)
+    trainer = Trainer(
+        max_epochs=iterations,
+        accelerator="cpu",
+        logger=TensorBoardLogger(tmp_path, name="run"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    policy_before = {k: v.clone() for k, v in module.policy.state_dict().items()}
+    reference_before = {k: v.clone() for k, v in module.reference.state_dict().items()}
+    trainer.fit(module, data)
+    return trainer, module, policy_before, reference_before
+
+
+def changed(model, before):
+    return any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("algorithm", [VinePPO(num_mc_rollouts=2), PPO()], ids=["vineppo", "ppo"])
+def test_short_rl_loop_updates_policy_and_logs(algorithm, tmp_path):
+    trainer, module, policy_before, reference_before = tiny_run(algorithm, tmp_path)
+    assert changed(module.policy, policy_before), "no policy update happened"
+    assert not changed(module.reference, reference_before), "the reference must stay frozen"
+    # 8 prompts x 2 responses = 16 episodes, mini-batches of 8, 2 PPO epochs -> 4 steps per iteration
+    assert trainer.global_step == 2 * 4 * (2 if module.critic is not None else 1)
+    metrics = trainer.logged_metrics
+    for key in ["rollout/reward", "rollout/response_length", "train/policy_loss", "train/clip_frac", "train/kl_ref",
+                "train/entropy", "advantages/std", "time/generation", "time/training", "val/greedy_acc", "val/pass@1"]:
+        assert key in metrics, key
+    assert 0.0 <= float(metrics["rollout/reward"]) <= 1.0
+    if isinstance(algorithm, VinePPO):
+        assert "time/value_estimation" in metrics and float(metrics["vine/mc_requests"]) > 0
+    else:
+        assert "train/value_loss" in metrics and "critic/value_mean" in metrics
+    assert list((tmp_path / "run").glob("version_0/events.out.tfevents*")), "no TensorBoard log"
+    assert list((tmp_path / "run" / "version_0" / "predictions").glob("val_*.jsonl"))
+
+
+@pytest.mark.parametrize("algorithm", [GRPO(), RLOO(), Reinforce(), RestEM(), DPOPlus(), VCPPO(value_pretrain_iterations=0)], ids=lambda a: type(a).__name__)
+def test_every_method_updates_the_policy(algorithm, tmp_path):
+    trainer, module, policy_before, _ = tiny_run(algorithm, tmp_path, iterations=1, responses_per_prompt=4)
+    assert trainer.global_step > 0
+    assert changed(module.policy, policy_before)
+
+
+def test_value_pretraining_changes_critic_not_policy(tmp_path):
+    algorithm = VCPPO(value_pretrain_iterations=1)
+    trainer, module, policy_before, _ = tiny_run(algorithm, tmp_path, iterations=1)
+    fresh = RLModule(policy=SFT, algorithm=VCPPO())
+    assert changed(module.critic, fresh.critic.state_dict()), "the critic must learn during pretraining"
+    assert not changed(module.policy, policy_before), "the policy must stay frozen during value pretraining"
+    assert float(trainer.logged_metrics["critic/value_pretraining"]) == 1.0
+    assert "critic/explained_variance" in trainer.logged_metrics
+
+
+def test_ppo_trains_the_critic(tmp_path):
+    algorithm = PPO()
+    torch.manual_seed(0)
+    trainer, module, _, _ = tiny_run(algorithm, tmp_path)
+    fresh = RLModule(policy=SFT, algorithm=PPO())
+    assert changed(module.critic, fresh.critic.state_dict())
+
+
+def test_kl_in_reward_runs_and_penalizes(tmp_path):
+    trainer, module, policy_before, _ = tiny_run(VinePPO(num_mc_rollouts=2), tmp_path, kl_in="reward", kl_estimator="k1", kl_coef=0.1)
+    assert changed(module.policy, policy_before)
+
+
+def test_quickstart_cli_writes_test_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    main([
+        "fit", "--config", "configs/quickstart.yaml",
+        "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.check_val_every_n_epoch", "1",
+        "--model.responses_per_prompt", "2", "--model.algorithm.num_mc_rollouts", "2",
+        "--model.evaluation.num_samples", "2",
+        "--data.prompts_per_iteration", "8",
+        "--data.task.init_args.num_test", "8", "--data.task.init_args.num_validation", "8",
+    ])
+    reports = list(tmp_path.glob("*/version_*/test_report.json"))
+    assert len(reports) == 1
+    report = json.loads(reports[0].read_text())
+    assert set(report) >= {"before", "after"} and "greedy_acc" in report["after"] and "pass@1" in report["before"]
