@@ -34,8 +34,9 @@ class TestReport(Callback):
         for start in tqdm(range(0, len(mine), batch), desc=f"test ({label})", disable=not trainer.is_global_zero):
             records += module.evaluate_problems(mine[start : start + batch], seed=seed + start)
         records = gather_records(records)
-        if trainer.is_global_zero and trainer.log_dir:
-            write_jsonl(os.path.join(trainer.log_dir, "predictions", f"test_{label}.jsonl"), records)
+        log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not only rank 0
+        if trainer.is_global_zero and log_dir:
+            write_jsonl(os.path.join(log_dir, "predictions", f"test_{label}.jsonl"), records)
         return summarize(records)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -43,6 +44,7 @@ class TestReport(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         after = self._evaluate(trainer, pl_module, "after")
+        log_dir = trainer.log_dir  # a broadcast under DDP: ask on every rank before rank 0 goes on alone
         if not trainer.is_global_zero:
             return
         report = {"before": self.before, "after": after, "iterations": trainer.current_epoch, "optimizer_steps": trainer.global_step}
@@ -51,8 +53,8 @@ class TestReport(Callback):
             old = self.before.get(name, float("nan"))
             lines.append(f"{name:<12} {100 * old:>7.1f}% {100 * value:>7.1f}% {100 * (value - old):>+7.1f}")
         print("\n".join(lines))
-        if trainer.log_dir:
-            path = os.path.join(trainer.log_dir, "test_report.json")
+        if log_dir:
+            path = os.path.join(log_dir, "test_report.json")
             with open(path, "w") as f:
                 json.dump(report, f, indent=2)
             print(f"test report written to {path}")

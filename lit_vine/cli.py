@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import sys
 import warnings
 
 from lightning import LightningDataModule, LightningModule
+from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_vine.algorithms import Algorithm
 from lit_vine.errors import ConfigError
+from lit_vine.tasks.loading import DataError
 
 
 class LitVineCLI(LightningCLI):
@@ -25,6 +30,11 @@ class LitVineCLI(LightningCLI):
             trainer_defaults={"num_sanity_val_steps": 0},
             args=args,
         )
+
+    def init_parser(self, **kwargs):
+        # Parse errors raise instead of printing the whole usage; main() prints one short message.
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
 
 
 def algorithm_names() -> list[str]:
@@ -48,20 +58,51 @@ def root_config_error(err: BaseException) -> ConfigError | None:
     """The ConfigError behind an exception that Lightning or jsonargparse wrapped, if any."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, ConfigError):
+        if isinstance(err, (ConfigError, DataError)):
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
 
 
+def concise_parse_error(message: str) -> str:
+    """jsonargparse's "does not validate against any of the Union subtypes" report, cut down to
+    the class it was meant for and why that class refused the value."""
+    if "Does not validate against any of the Union subtypes" not in message:
+        return message
+    lines, kept, indent = message.splitlines(), [], None
+    for line in lines:
+        depth = len(line) - len(line.lstrip())
+        if line.strip().startswith("- Problem with given class_path"):
+            indent = depth
+            kept.append(line.strip()[2:])
+        elif indent is not None and depth > indent:
+            kept.append(line.strip())
+        elif indent is not None:
+            break
+    if not kept:
+        return message
+    text = f"{lines[0]} {' '.join(kept)}"
+    text = re.sub(r"Does not validate against any of the Union subtypes Subtypes: \[.*?\] Errors: ", "", text)
+    return re.sub(r" - Expected a <class 'NoneType'>| Given value type: .*$", "", text)
+
+
 def main(args: list[str] | None = None) -> None:
     # One RL iteration is an IterableDataset pass of known length, on purpose.
     warnings.filterwarnings("ignore", message=".*Your `IterableDataset` has `__len__` defined.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    # The frozen reference model is in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
     try:
         check_algorithm_flag(sys.argv[1:] if args is None else args)
         LitVineCLI(args)
+    except ArgumentError as err:  # malformed YAML, unknown keys, wrong types
+        argv = sys.argv[1:] if args is None else args
+        command = next((a for a in argv if a in ("fit", "validate", "test", "predict")), "")
+        print(f"lit-vine: error: {concise_parse_error(str(err))}\n(lit-vine {command} --help lists the accepted options)".replace("  --help", " --help"), file=sys.stderr)
+        sys.exit(2)
+    except SIGTERMException:  # SIGTERM / Ctrl+C: a checkpoint was written (lit_vine.faults.CheckpointOnInterrupt)
+        sys.exit(128 + signal.SIGTERM)
     except Exception as err:
         config_error = root_config_error(err)
         if config_error is None:

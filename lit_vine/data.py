@@ -6,7 +6,7 @@ import random
 
 import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from lit_vine.experience import ExperienceStream, num_mini_batches
 from lit_vine.tasks.arithmetic import ArithmeticTask
@@ -58,6 +58,7 @@ class TaskDataModule(LightningDataModule):
             ppo_epochs=module.hparams.ppo_epochs,
             shuffle_seed=lambda: module.derived_seed("shuffle"),
             unit=2 if module.algorithm.objective == "dpo" else 1,
+            resume=getattr(module, "take_resumed_experience", None),  # mid-iteration checkpoint (lit_vine/checkpointing.py)
         )
         return DataLoader(stream, batch_size=None)
 
@@ -73,13 +74,37 @@ class TaskDataModule(LightningDataModule):
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _problems_loader(self, split: Split) -> DataLoader:
-        return DataLoader(self.task.problems(split), batch_size=self.eval_batch_size, collate_fn=list)
+        # Each process evaluates its own share (rank::world_size), so every problem is evaluated
+        # exactly once and the synced metrics are those of the whole split. An IterableDataset keeps
+        # Lightning from adding a DistributedSampler, which would pad the last share with repeats.
+        trainer = getattr(self, "trainer", None)
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        batches = ProblemBatches(self.task.problems(split)[rank::world_size], self.eval_batch_size)
+        return DataLoader(batches, batch_size=None, collate_fn=_keep)
 
     def val_dataloader(self) -> DataLoader:
         return self._problems_loader("validation")
 
     def test_dataloader(self) -> DataLoader:
         return self._problems_loader("test")
+
+
+class ProblemBatches(IterableDataset):
+    """Problems in consecutive batches (lists), in order."""
+
+    def __init__(self, problems: list[Problem], batch_size: int) -> None:
+        self.problems, self.batch_size = problems, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.problems) // self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, len(self.problems), self.batch_size):
+            yield self.problems[start : start + self.batch_size]
+
+
+def _keep(batch):
+    return batch
 
 
 class SFTDataModule(TaskDataModule):

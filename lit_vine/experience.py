@@ -107,15 +107,20 @@ class ExperienceStream(IterableDataset):
         ppo_epochs: int,
         shuffle_seed: Callable[[], int],
         unit: int = 1,
+        resume: Callable[[], tuple[Experience, int] | None] | None = None,
     ) -> None:
         self.collect, self.num_mini_batches, self.ppo_epochs = collect, num_mini_batches, ppo_epochs
         self.shuffle_seed, self.unit = shuffle_seed, unit
+        # After a mid-iteration resume: the iteration's saved experience and how many of its
+        # mini-batches were already trained on (the same shuffles are drawn; those are skipped).
+        self.resume = resume
 
     def __len__(self) -> int:
         return self.ppo_epochs * self.num_mini_batches
 
     def __iter__(self) -> Iterator[Experience]:
-        experience = self.collect()
+        resumed = self.resume() if self.resume is not None else None
+        experience, skip = resumed if resumed is not None else (self.collect(), 0)
         generator = torch.Generator().manual_seed(self.shuffle_seed())
         units = len(experience) // self.unit
         if units == 0:
@@ -123,6 +128,9 @@ class ExperienceStream(IterableDataset):
         for _ in range(self.ppo_epochs):
             order = torch.randperm(units, generator=generator)
             for chosen in order.tensor_split(min(self.num_mini_batches, units)):
+                if skip:
+                    skip -= 1
+                    continue
                 rows = (chosen[:, None] * self.unit + torch.arange(self.unit)).flatten()
                 yield experience.select(rows)
 

@@ -95,3 +95,10 @@ def dpo_positive_loss(
     with torch.no_grad():
         stats = {"dpo_margin": margin.mean(), "dpo_accuracy": (margin > 0).float().mean(), "dpop_penalty": penalty.mean()}
     return loss, stats
+
+
+def adaptive_kl_coef(coef: float, kl: float, target: float, horizon: int, steps: int) -> float:
+    """Adaptive KL coefficient (Ziegler et al. 2019, sec. 2.2): beta *= 1 + K_beta * e, with the
+    proportional error e = clip(KL / KL_target - 1, -0.2, 0.2) and K_beta = steps / horizon."""
+    error = min(max(kl / target - 1, -0.2), 0.2)
+    return coef * (1 + error * steps / horizon)

@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 
 from lit_vine.errors import ConfigError, check
 from lit_vine.evaluation import EvalConfig, evaluate
+from lit_vine.faults import fit_prompt
 from lit_vine.models import TinyConfig, load_policy_and_tokenizer
 from lit_vine.rollout.engine import HFEngine, RolloutEngine
 from lit_vine.tasks.base import Problem, Task
@@ -41,6 +42,10 @@ class PolicyModule(LightningModule):
         except FileNotFoundError as err:
             raise ConfigError(f"policy: {err}") from None
         self.policy.train()  # from_pretrained returns eval mode
+        self.context_length = getattr(self.policy.config, "max_position_embeddings", None)
+        check(self.context_length is None or max_new_tokens < self.context_length,
+              f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the policy's context of {self.context_length} tokens")
+        self._long_prompt_ids: set[str] = set()  # prompts cut to fit the context, warned once each
         self.engine = engine or HFEngine()
         self.engine.setup(self.policy, self.tokenizer)
         self.max_new_tokens, self.evaluation, self.seed = max_new_tokens, evaluation, seed
@@ -62,7 +67,11 @@ class PolicyModule(LightningModule):
         return zlib.crc32(key.encode())
 
     def encode_prompt(self, problem: Problem) -> list[int]:
-        return self.task.prompt_ids(problem, self.tokenizer)
+        """The prompt's ids, cut from the left (with a warning) if it leaves no room for
+        ``max_new_tokens`` in the policy's context (``lit_vine.faults.fit_prompt``)."""
+        ids = self.task.prompt_ids(problem, self.tokenizer)
+        limit = None if self.context_length is None else self.context_length - self.max_new_tokens
+        return fit_prompt(ids, problem.id, limit, self.tokenizer.bos_token_id, self._long_prompt_ids)
 
     def evaluate_problems(self, problems: list[Problem], seed: int) -> list[dict]:
         prompts = [self.encode_prompt(p) for p in problems]
@@ -90,11 +99,14 @@ class PolicyModule(LightningModule):
 
     def _end_eval(self, stage: str) -> None:
         for name, metric in self.eval_metrics.items():
-            self.log(f"{stage}/{name}", metric.compute())
+            # compute() already reduces over processes; sync_dist only averages identical values
+            # (and keeps Lightning from warning that the epoch-level value is rank 0's alone).
+            self.log(f"{stage}/{name}", metric.compute(), sync_dist=True)
             metric.reset()
         records, self._records = gather_records(self._records), []
-        if self.trainer.is_global_zero and self.trainer.log_dir and not self.trainer.sanity_checking:
-            folder = os.path.join(self.trainer.log_dir, "predictions")
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask, not only rank 0
+        if self.trainer.is_global_zero and log_dir and not self.trainer.sanity_checking:
+            folder = os.path.join(log_dir, "predictions")
             write_jsonl(os.path.join(folder, f"{stage}_iter{self.current_epoch:04d}.jsonl"), records)
 
 

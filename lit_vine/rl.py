@@ -18,6 +18,7 @@ from lit_vine.losses import (
     Aggregation,
     KLEstimator,
     aggregate,
+    adaptive_kl_coef,
     dpo_positive_loss,
     kl_estimate,
     ppo_policy_loss,
@@ -26,6 +27,8 @@ from lit_vine.losses import (
 )
 from lit_vine.models import TinyConfig, ValueModel
 from lit_vine.errors import check
+from lit_vine import checkpointing
+from lit_vine.faults import UpdateGuard, check_responses
 from lit_vine.policy_module import PolicyModule
 from lit_vine.rollout.engine import RolloutEngine, SamplingParams
 from lit_vine.tasks.base import Problem
@@ -49,10 +52,16 @@ class RLModule(PolicyModule):
         value_clip: critic value clip.
         kl_coef, kl_in, kl_estimator: KL to the reference, in the loss (paper: k3, 1e-4) or
             subtracted from the reward (usually k1).
+        kl_target, kl_horizon: set ``kl_target`` (per-response KL) to adapt ``kl_coef`` after every
+            iteration (Ziegler et al. 2019); ``None`` keeps it fixed.
         whiten_advantages: whiten advantages over the whole batch (pooled across ranks).
         loss_aggregation: ``token_mean`` or ``seq_mean``.
         entropy_coef: entropy bonus weight.
         max_grad_norm: gradient clipping.
+        max_consecutive_nonfinite: an update whose loss or gradient is NaN/inf is skipped (counted in
+            ``train/skipped_updates``); this many in a row for one model stop the run.
+        max_mean_ratio: a PPO mini-batch whose mean importance ratio exceeds this is skipped (a
+            policy that drifted far from the one that sampled); ``None``: no bound.
     """
 
     def __init__(
@@ -76,6 +85,8 @@ class RLModule(PolicyModule):
         kl_coef: float = 1e-4,
         kl_in: Literal["loss", "reward"] = "loss",
         kl_estimator: KLEstimator = "k3",
+        kl_target: float | None = None,
+        kl_horizon: int = 10000,
         whiten_advantages: bool = True,
         loss_aggregation: Aggregation = "token_mean",
         entropy_coef: float = 0.0,
@@ -83,6 +94,8 @@ class RLModule(PolicyModule):
         evaluation: EvalConfig = EvalConfig(),
         tiny: TinyConfig = TinyConfig(),
         seed: int = 0,
+        max_consecutive_nonfinite: int = 3,
+        max_mean_ratio: float | None = 5.0,
     ) -> None:
         check(responses_per_prompt >= 1, f"responses_per_prompt must be >= 1, got {responses_per_prompt}")
         check(learning_rate > 0, f"learning_rate must be > 0, got {learning_rate}")
@@ -91,8 +104,12 @@ class RLModule(PolicyModule):
         check(mini_batch_size >= 1 and micro_batch_size >= 1, "mini_batch_size and micro_batch_size must be >= 1")
         check(0 <= clip_low < 1 and clip_high >= 0, f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
         check(kl_coef >= 0, f"kl_coef must be >= 0, got {kl_coef}")
+        check(kl_target is None or kl_target > 0, f"kl_target must be > 0 or null, got {kl_target}")
+        check(kl_horizon >= 1, f"kl_horizon must be >= 1, got {kl_horizon}")
         check(kl_in in ("loss", "reward"), f"kl_in must be 'loss' or 'reward', got {kl_in!r}")
         check(kl_estimator in ("k1", "k2", "k3"), f"kl_estimator must be 'k1', 'k2' or 'k3', got {kl_estimator!r}")
+        check(max_consecutive_nonfinite >= 1, f"max_consecutive_nonfinite must be >= 1, got {max_consecutive_nonfinite}")
+        check(max_mean_ratio is None or max_mean_ratio > 1, f"max_mean_ratio must be > 1 or null, got {max_mean_ratio}")
         check(temperature > 0, f"temperature must be > 0 for training rollouts, got {temperature}")
         super().__init__(policy, engine, max_new_tokens, evaluation, tiny, seed)
         self.save_hyperparameters(ignore=["algorithm", "engine"])
@@ -104,9 +121,13 @@ class RLModule(PolicyModule):
         # The PPO family scores tokens at the sampling temperature (design notes, sec. 1);
         # RestEM's NLL and DPO+ are likelihood objectives at temperature 1.
         self.score_temperature = temperature if self.algorithm.objective == "ppo" else 1.0
+        self.kl_coef = kl_coef  # adapted when kl_target is set
         self.value_pretraining = {"active": self.algorithm.value_pretrain_iterations > 0, "best_ev": float("-inf"), "stale": 0}
         self._stats: dict[str, float] = {}
         self._samples: list[str] = []
+        self.update_guard = UpdateGuard(max_consecutive_nonfinite, max_mean_ratio)
+        self._experience: Experience | None = None  # this iteration's, kept for a mid-iteration checkpoint
+        self._resume, self._restored = None, False
 
     # ----- experience ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -151,7 +172,7 @@ class RLModule(PolicyModule):
         token_rewards[torch.arange(len(lengths)), lengths - 1] = scores
         kl = kl_estimate(old_logprobs, ref_logprobs, hp.kl_estimator) * response_mask
         if hp.kl_in == "reward":
-            token_rewards = token_rewards - hp.kl_coef * kl
+            token_rewards = token_rewards - self.kl_coef * kl
 
         rollouts = Rollouts(
             problems=[problems[i] for i, _ in episodes],
@@ -180,17 +201,20 @@ class RLModule(PolicyModule):
             "rollout/finished": float(finished.mean()),
             "rollout/response_length": float(lengths.float().mean()),
             "rollout/kl_ref": float(masked_mean(kl, response_mask)),
+            "rollout/kl_coef": self.kl_coef,
             "advantages/mean": float(masked_mean(raw_advantages, response_mask)),
             "advantages/std": float(masked_mean(raw_advantages**2, response_mask).sqrt()),
             "advantages/abs_mean": float(masked_mean(raw_advantages.abs(), response_mask)),
             "time/generation": generation_time,
             **ctx.stats,
         }
+        self._stats.update(check_responses([ids for _, ids in episodes], self.tokenizer.eos_token_id, hp.max_new_tokens, self.current_epoch))
         if values is not None:
             self._stats["critic/value_mean"] = float(masked_mean(values, response_mask))
             self._update_value_pretraining(values, returns, response_mask)
         self._samples = [f"**prompt** {problems[i].question}\n\n**response** {text}\n\n**reward** {r}" for (i, _), (text, r) in list(zip(episodes, scored))[:: max(1, len(episodes) // 4)]]
         self._iteration_start = start
+        self.engine.sleep()  # generation is done until the next weight sync: give its memory to training
 
         zeros = torch.zeros_like(response_mask)
         experience = Experience(
@@ -203,7 +227,8 @@ class RLModule(PolicyModule):
             returns=(returns if returns is not None else zeros).cpu(),
             old_values=(values if values is not None else zeros).cpu(),
         )
-        return experience.select(self._training_rows(rollouts, raw_advantages.cpu()))
+        self._experience = experience.select(self._training_rows(rollouts, raw_advantages.cpu()))
+        return self._experience
 
     def _training_rows(self, rollouts: Rollouts, advantages: Tensor) -> Tensor:
         """Episodes the objective trains on: all for PPO, the kept ones for RestEM, and
@@ -268,7 +293,7 @@ class RLModule(PolicyModule):
                 self.manual_backward(loss * weight)
                 for name, value in stats.items():
                     add(f"train/{name}", value, weight)
-            logs["train/policy_grad_norm"] = self._step(policy_opt, self.policy)
+            logs["train/policy_grad_norm"] = self._step(policy_opt, self.policy, "policy", batch_idx, logs.get("train/policy_loss"), logs.get("train/ratio"))
 
         if critic_opt is not None:
             hp = self.hparams
@@ -279,8 +304,9 @@ class RLModule(PolicyModule):
                 self.manual_backward(v_loss * weight)
                 add("train/value_loss", v_loss, weight)
                 add("train/value_clip_frac", v_stats["value_clip_frac"], weight)
-            logs["train/critic_grad_norm"] = self._step(critic_opt, self.critic)
+            logs["train/critic_grad_norm"] = self._step(critic_opt, self.critic, "critic", batch_idx, logs.get("train/value_loss"))
 
+        logs["train/skipped_updates"] = torch.tensor(float(self.update_guard.skipped))
         logs["train/learning_rate"] = torch.tensor(policy_opt.param_groups[0]["lr"])
         self.log_dict(logs, prog_bar=False)
         self.log("iteration", float(self.current_epoch), prog_bar=True)
@@ -306,11 +332,19 @@ class RLModule(PolicyModule):
         ent = aggregate(entropy, mask, hp.loss_aggregation)
         loss = loss - hp.entropy_coef * ent
         if hp.kl_in == "loss" and objective == "ppo":
-            loss = loss + hp.kl_coef * kl
+            loss = loss + self.kl_coef * kl
         return loss, {**stats, "kl_ref": kl.detach(), "entropy": ent.detach()}
 
-    def _step(self, optimizer, model: torch.nn.Module) -> Tensor:
+    def _step(self, optimizer, model: torch.nn.Module, name: str = "policy", batch_idx: int = 0, loss: Tensor | None = None, ratio: Tensor | None = None) -> Tensor:
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.hparams.max_grad_norm)
+        # A non-finite loss or gradient, or a ratio explosion, skips the update (faults.UpdateGuard);
+        # every process takes the same decision.
+        reason = self.update_guard.reason_to_skip(name, None if loss is None else float(loss), float(norm), None if ratio is None else float(ratio))
+        if self.trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
+            optimizer.zero_grad(set_to_none=True)
+            self.update_guard.record(name, reason or "another process skipped this update", self.current_epoch, batch_idx)
+            return norm.detach()
+        self.update_guard.record(name, None, self.current_epoch, batch_idx)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return norm.detach()
@@ -320,7 +354,29 @@ class RLModule(PolicyModule):
         self._stats["time/iteration"] = time.perf_counter() - self._iteration_start
         self._stats["time/training"] = self._stats["time/iteration"] - self._stats["time/generation"] - self._stats.get("time/value_estimation", 0.0)
         self.log_dict(self._stats, sync_dist=True, prog_bar=False)
+        if self.hparams.kl_target is not None:
+            sequence_kl = self._stats["rollout/kl_ref"] * self._stats["rollout/response_length"]
+            episodes = self.trainer.datamodule.prompts_per_iteration * self.hparams.responses_per_prompt
+            self.kl_coef = adaptive_kl_coef(self.kl_coef, sequence_kl, self.hparams.kl_target, self.hparams.kl_horizon, episodes)
         self.log("reward", self._stats["rollout/reward"], prog_bar=True, sync_dist=True)
         if isinstance(self.logger, TensorBoardLogger) and self.trainer.is_global_zero:
             self.logger.experiment.add_text("samples", "\n\n---\n\n".join(self._samples), self.current_epoch)
         self.engine.sync_weights(self.policy)
+        engine_metrics = self.engine.metrics()  # e.g. the vLLM weight-sync probe
+        if engine_metrics:
+            self.log_dict(engine_metrics, sync_dist=True, reduce_fx="max")
+
+    # ----- checkpoints (lit_vine/checkpointing.py, docs/robustness.md) -----------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpointing.save_run_state(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        checkpointing.load_run_state(self, checkpoint)
+
+    def take_resumed_experience(self) -> tuple[Experience, int] | None:
+        """The interrupted iteration's experience and mini-batches done, once after a mid-iteration resume."""
+        return checkpointing.take_resumed_experience(self)
+
+    def on_train_start(self) -> None:
+        if self._restored:  # the engine samples from the restored weights (vLLM holds its own copy)
+            self.engine.sync_weights(self.policy)

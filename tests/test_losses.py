@@ -74,3 +74,12 @@ def test_token_logprobs_and_entropy():
     logp, ent = token_logprobs(logits, torch.tensor([[1]]))
     assert logp.item() == pytest.approx(math.log(0.25))
     assert ent.item() == pytest.approx(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)))
+
+
+def test_adaptive_kl_coefficient_by_hand():
+    from lit_vine.losses import adaptive_kl_coef
+
+    # KL 1.5x the target: error clipped to 0.2; K_beta = 100 / 1000
+    assert adaptive_kl_coef(0.1, kl=1.5, target=1.0, horizon=1000, steps=100) == pytest.approx(0.1 * (1 + 0.2 * 0.1))
+    # KL 0.9x the target: error -0.1
+    assert adaptive_kl_coef(0.1, kl=0.9, target=1.0, horizon=1000, steps=100) == pytest.approx(0.1 * (1 - 0.1 * 0.1))

@@ -44,6 +44,14 @@ class RolloutEngine(ABC):
     def sync_weights(self, policy: PreTrainedModel) -> None:
         """Make the engine sample from ``policy``'s current weights."""
 
+    def sleep(self) -> None:
+        """Training is about to use the accelerator: release memory held for generation (vLLM sleep
+        mode). The engine wakes itself at its next ``generate`` or ``sync_weights``."""
+
+    def metrics(self) -> dict[str, float]:
+        """Engine statistics to log after a weight sync (e.g. the vLLM weight-sync probe)."""
+        return {}
+
     @abstractmethod
     def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> list[list[list[int]]]:
         """``params.n`` completions per prompt: ``out[i][j]`` is the j-th completion of prompt i.

@@ -8,6 +8,8 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from lit_vine.faults import guarded_reward
+
 Split = Literal["train", "validation", "test"]
 
 
@@ -22,7 +24,15 @@ class Problem:
 
 
 class Task:
-    """Base class of tasks. Subclasses define where problems come from and how answers are graded."""
+    """Base class of tasks. Subclasses define where problems come from and how answers are graded.
+
+    ``on_reward_error`` (``stop`` | ``zero``) and ``reward_time_limit`` (seconds, ``None``: none)
+    say what :meth:`score` does when ``reward`` raises, returns NaN or hangs: stop the run with an
+    error naming the problem, or score the response 0 and go on (see ``lit_vine.faults``).
+    """
+
+    on_reward_error: Literal["stop", "zero"] = "stop"
+    reward_time_limit: float | None = None
 
     def problems(self, split: Split) -> list[Problem]:
         raise NotImplementedError
@@ -55,4 +65,4 @@ class Task:
         """Decode a sampled response and grade it; a response cut off before EOS scores 0."""
         text = tokenizer.decode(response_ids, skip_special_tokens=True)
         finished = len(response_ids) > 0 and response_ids[-1] == tokenizer.eos_token_id
-        return text, (self.reward(text, problem) if finished else 0.0)
+        return text, (guarded_reward(self, text, problem) if finished else 0.0)

@@ -62,6 +62,11 @@ class DatasetTask(Task):
         grader: ``gsm8k``, ``math`` or ``package.module:function`` taking ``(response, problem)``
             and returning a float reward; default: the ``answer_format``'s.
         grader_time_limit: seconds per MATH equivalence check (a timeout scores 0).
+        on_reward_error: when the grader raises, returns NaN or runs past ``reward_time_limit``:
+            ``stop`` the run with an error naming the problem, or score the response ``zero``
+            (warned and counted) and go on.
+        reward_time_limit: seconds one call of a custom ``grader`` may take (``None``: no limit;
+            the built-in graders need none: MATH's has ``grader_time_limit``).
         step_splitter: ``lines``, ``math`` or ``package.module:function`` (text -> pieces that
             join back to it); default: ``lines`` for gsm8k, ``math`` for math.
         prompt: prompt style and template.
@@ -89,6 +94,8 @@ class DatasetTask(Task):
         answer_format: Literal["gsm8k", "math"] = "gsm8k",
         grader: str | None = None,
         grader_time_limit: float = 5.0,
+        on_reward_error: Literal["stop", "zero"] = "stop",
+        reward_time_limit: float | None = 30.0,
         step_splitter: str | None = None,
         prompt: PromptFormat = PromptFormat(),
         max_prompt_tokens: int | None = None,
@@ -109,6 +116,12 @@ class DatasetTask(Task):
         self.answer_format = answer_format
         self.grader_name = grader or answer_format
         self._grader = None if self.grader_name in ("gsm8k", "math") else import_callable(self.grader_name, "grader")
+        if on_reward_error not in ("stop", "zero"):
+            raise ValueError(f"DatasetTask: on_reward_error must be 'stop' or 'zero', got {on_reward_error!r}")
+        if reward_time_limit is not None and reward_time_limit <= 0:
+            raise ValueError(f"DatasetTask: reward_time_limit must be > 0 or null, got {reward_time_limit}")
+        self.on_reward_error = on_reward_error
+        self.reward_time_limit = reward_time_limit if self._grader is not None else None
         self._math_grader = MathGrader(grader_time_limit)
         splitter = step_splitter or DEFAULT_SPLITTER[answer_format]
         self._split_steps = SPLITTERS.get(splitter) or import_callable(splitter, "step_splitter")
