@@ -1,4 +1,4 @@
-"""Callbacks: the before/after test report that every RL run ends with."""
+"""Callbacks: the before/after test report and learning curve that every RL run ends with."""
 
 from __future__ import annotations
 
@@ -6,16 +6,21 @@ import json
 import os
 import zlib
 
-from lightning import Callback, LightningModule, Trainer
-from tqdm.auto import tqdm
+import matplotlib
+
+matplotlib.use("Agg")  # files only: runs have no display
+import matplotlib.pyplot as plt  # noqa: E402
+from lightning import Callback, LightningModule, Trainer  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 from lit_vine.evaluation import summarize
-from lit_vine.policy_module import gather_records, write_jsonl
+from lit_vine.policy_module import gather_records, write_jsonl  # noqa: E402
 
 
 class TestReport(Callback):
     """Evaluates the test split before training (the starting checkpoint) and after it, with the
-    same problems, sampling and seed; prints both and writes ``test_report.json`` to the log dir.
+    same problems, sampling and seed; prints both and writes ``test_report.json`` to the log dir,
+    with ``learning_curve.png``: validation accuracy per iteration between the two test points.
 
     Args:
         limit: evaluate only the first ``limit`` test problems (``None``: all).
@@ -24,6 +29,12 @@ class TestReport(Callback):
     def __init__(self, limit: int | None = None) -> None:
         self.limit = limit
         self.before: dict[str, float] = {}
+        self.curve: list[tuple[int, dict[str, float]]] = []  # (iteration, validation metrics)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        metrics = {k[4:]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if metrics and not trainer.sanity_checking:
+            self.curve.append((trainer.current_epoch + 1, metrics))
 
     def _evaluate(self, trainer: Trainer, module: LightningModule, label: str) -> dict[str, float]:
         problems = trainer.datamodule.task.problems("test")[: self.limit]
@@ -58,3 +69,21 @@ class TestReport(Callback):
             with open(path, "w") as f:
                 json.dump(report, f, indent=2)
             print(f"test report written to {path}")
+            self._plot(os.path.join(log_dir, "learning_curve.png"), after, trainer.current_epoch)
+
+    def _plot(self, path: str, after: dict[str, float], iterations: int) -> None:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for i, name in enumerate(after):
+            color = f"C{i}"
+            points = [(it, m[name]) for it, m in self.curve if name in m]
+            if points:
+                ax.plot(*zip(*[(x, 100 * y) for x, y in points]), marker="o", color=color, label=f"validation {name}")
+            ax.plot([0, iterations], [100 * self.before.get(name, float("nan")), 100 * after[name]], "s--", color=color, alpha=0.6, label=f"test {name}")
+        ax.set_xlabel("RL iteration")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        print(f"learning curve written to {path}")

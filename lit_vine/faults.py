@@ -131,8 +131,7 @@ class RewardRunner:
 def guarded_reward(task: Any, text: str, problem: Any) -> float:
     """``task.reward(text, problem)`` under the task's ``reward_time_limit`` and ``on_reward_error``
     policy (``stop``: raise :class:`RewardError` naming the problem; ``zero``: warn, count, score 0).
-    A reward that is not a finite number in [0, 1]... is passed on as given unless it is NaN/inf,
-    which is an error like an exception."""
+    A NaN or infinite reward is an error like an exception."""
     limit = getattr(task, "reward_time_limit", None)
     try:
         if limit is None:

@@ -84,7 +84,7 @@ def test_ratio_explosion_skips_the_mini_batch():
     m.update_guard.max_mean_ratio = 0.5  # every mini-batch (ratio ~1) is "beyond the bound"
     trainer = run(m)
     assert m.update_guard.skipped == 4 and trainer.global_step == 0
-    assert m.update_guard.consecutive["policy"] == 0  # not counted as non-finite: no stop
+    assert m.update_guard.consecutive.get("policy", 0) == 0  # not counted as non-finite: no stop
     assert all(torch.equal(v, before[k]) for k, v in m.policy.state_dict().items())
 
 

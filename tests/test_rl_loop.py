@@ -116,3 +116,4 @@ def test_quickstart_cli_writes_test_report(tmp_path, monkeypatch):
     assert len(reports) == 1
     report = json.loads(reports[0].read_text())
     assert set(report) >= {"before", "after"} and "greedy_acc" in report["after"] and "pass@1" in report["before"]
+    assert (reports[0].parent / "learning_curve.png").stat().st_size > 0
