@@ -18,6 +18,7 @@ import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import matplotlib
@@ -58,17 +59,39 @@ def command(method: str, seed: int, args: argparse.Namespace) -> list[str]:
     ]
 
 
+def run_one(method: str, seed: int, args: argparse.Namespace) -> None:
+    log_dir = args.out / "logs" / METHODS[method] / f"seed{seed}"
+    if (log_dir / "done").exists():
+        return
+    cmd = command(method, seed, args)
+    print(f"[study] {method} seed {seed}: {' '.join(cmd)}", flush=True)
+    start = time.time()
+    # Several runs share the machine: one thread each avoids oversubscribing the cores.
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env=env)
+    (log_dir / "done").write_text(f"{time.time() - start:.1f}\n")
+    print(f"[study] {method} seed {seed} done in {time.time() - start:.0f} s", flush=True)
+
+
+def baseline(args: argparse.Namespace) -> dict[str, float]:
+    """Validation metrics of the SFT checkpoint every run starts from (iteration 0 of each curve)."""
+    path = args.out / "sft_baseline.json"
+    if not path.exists():
+        cmd = command(args.methods[0], args.seeds[0], args)
+        cmd[1] = "validate"
+        cmd = [c for c in cmd if not c.startswith(("--trainer.max_epochs", "--trainer.check_val"))]
+        cmd = [c.replace(f"name={METHODS[args.methods[0]]}", "name=sft") for c in cmd]
+        subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+        s = scalars(args.out / "logs" / "sft" / f"seed{args.seeds[0]}")
+        path.write_text(json.dumps({tag: values[-1][2] for tag, values in s.items() if tag.startswith("val/")}))
+    return json.loads(path.read_text())
+
+
 def run_all(args: argparse.Namespace) -> None:
-    for seed in args.seeds:
-        for method in args.methods:
-            log_dir = args.out / "logs" / METHODS[method] / f"seed{seed}"
-            if (log_dir / "done").exists():
-                continue
-            cmd = command(method, seed, args)
-            print(f"[study] {method} seed {seed}: {' '.join(cmd)}", flush=True)
-            start = time.time()
-            subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-            (log_dir / "done").write_text(f"{time.time() - start:.1f}\n")
+    runs = [(method, seed) for seed in args.seeds for method in args.methods]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for future in [pool.submit(run_one, method, seed, args) for method, seed in runs]:
+            future.result()
 
 
 def scalars(log_dir: Path) -> dict[str, list[tuple[int, float, float]]]:
@@ -78,8 +101,9 @@ def scalars(log_dir: Path) -> dict[str, list[tuple[int, float, float]]]:
     return {tag: [(e.step, e.wall_time, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def curves(args: argparse.Namespace) -> dict[str, list[dict]]:
-    """Per method, per seed: validation accuracy against steps and seconds, and the time split."""
+def curves(args: argparse.Namespace, start: dict[str, float]) -> dict[str, list[dict]]:
+    """Per method, per seed: validation accuracy against steps and seconds (the SFT start at 0),
+    and the time split."""
     out: dict[str, list[dict]] = {}
     for method in args.methods:
         for seed in args.seeds:
@@ -91,10 +115,10 @@ def curves(args: argparse.Namespace) -> dict[str, list[dict]]:
             val = s.get(METRIC, [])
             out.setdefault(method, []).append(
                 {
-                    "steps": [step for step, _, _ in val],
-                    "seconds": [w - t0 for _, w, _ in val],
-                    "acc": [v for _, _, v in val],
-                    "greedy": [v for _, _, v in s.get("val/greedy_acc", [])],
+                    "steps": [0] + [step for step, _, _ in val],
+                    "seconds": [0.0] + [w - t0 for _, w, _ in val],
+                    "acc": [start[METRIC]] + [v for _, _, v in val],
+                    "greedy": [start["val/greedy_acc"]] + [v for _, _, v in s.get("val/greedy_acc", [])],
                     "time": {k: float(np.mean([v for _, _, v in s.get(f"time/{k}", [(0, 0, 0.0)])])) for k in ("generation", "value_estimation", "training", "iteration")},
                 }
             )
@@ -113,7 +137,8 @@ def mean_std(values: list[float]) -> str:
 
 
 def report(args: argparse.Namespace) -> None:
-    data = curves(args)
+    start = baseline(args)
+    data = curves(args, start)
     if not data:
         sys.exit("no finished runs to report")
     ppo_best = float(np.mean([max(r["acc"]) for r in data["PPO"]])) if "PPO" in data else None
@@ -157,7 +182,9 @@ def report(args: argparse.Namespace) -> None:
     text = (
         f"# Method study on the built-in task\n\nProduced by `python benchmarks/study.py {' '.join(sys.argv[1:])}` on {machine}.\n"
         f"Held-out metric: {METRIC} on {args.num_validation} validation problems, every {args.val_every} iterations; "
-        f"{args.iterations} iterations per run. PPO's best = {100 * ppo_best:.1f}% (mean over seeds of each seed's best).\n\n"
+        f"{args.iterations} iterations per run. The SFT checkpoint every run starts from: pass@1 "
+        f"{100 * start[METRIC]:.1f}%, greedy {100 * start['val/greedy_acc']:.1f}% (iteration 0 of every curve). "
+        f"PPO's best = {100 * ppo_best:.1f}% (mean over seeds of each seed's best, iteration 0 included).\n\n"
         + "\n".join(rows)
         + "\n\n![accuracy vs steps](accuracy_vs_steps.png)\n![accuracy vs wall-clock](accuracy_vs_seconds.png)\n\n"
         + f"<details><summary>Exact commands</summary>\n\n```\n{commands}\n```\n</details>\n"
@@ -175,6 +202,7 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=5)
     parser.add_argument("--num-validation", type=int, default=200)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "study")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     args.out = args.out.resolve()

@@ -50,8 +50,16 @@ class TestReport(Callback):
             write_jsonl(os.path.join(log_dir, "predictions", f"test_{label}.jsonl"), records)
         return summarize(records)
 
+    # Resuming must not re-measure "before" on the resumed policy: it travels in the checkpoint.
+    def state_dict(self) -> dict:
+        return {"before": self.before, "curve": self.curve}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.before, self.curve = state_dict["before"], [tuple(point) for point in state_dict["curve"]]
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.before = self._evaluate(trainer, pl_module, "before")
+        if trainer.ckpt_path is None or not self.before:
+            self.before = self._evaluate(trainer, pl_module, "before")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         after = self._evaluate(trainer, pl_module, "after")

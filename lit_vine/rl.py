@@ -45,6 +45,8 @@ class RLModule(PolicyModule):
         responses_per_prompt: G responses sampled per prompt per iteration.
         temperature, top_p, max_new_tokens: training sampling (paper: 0.6, 0.9).
         learning_rate, critic_learning_rate, weight_decay: AdamW settings.
+        warmup_steps: linear learning-rate warmup over the first optimizer steps; keeps a fresh
+            Adam's full-size first steps from knocking the SFT policy off its optimum.
         ppo_epochs: passes over each iteration's experience (paper: 2).
         mini_batch_size: episodes per optimizer step (paper: 64).
         micro_batch_size: episodes per forward/backward; gradients accumulate to a mini-batch.
@@ -76,6 +78,7 @@ class RLModule(PolicyModule):
         learning_rate: float = 1e-6,
         critic_learning_rate: float = 1e-5,
         weight_decay: float = 0.0,
+        warmup_steps: int = 0,
         ppo_epochs: int = 2,
         mini_batch_size: int = 64,
         micro_batch_size: int = 16,
@@ -101,6 +104,7 @@ class RLModule(PolicyModule):
         check(learning_rate > 0, f"learning_rate must be > 0, got {learning_rate}")
         check(critic_learning_rate > 0, f"critic_learning_rate must be > 0, got {critic_learning_rate}")
         check(ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {ppo_epochs}")
+        check(warmup_steps >= 0, f"warmup_steps must be >= 0, got {warmup_steps}")
         check(mini_batch_size >= 1 and micro_batch_size >= 1, "mini_batch_size and micro_batch_size must be >= 1")
         check(0 <= clip_low < 1 and clip_high >= 0, f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
         check(kl_coef >= 0, f"kl_coef must be >= 0, got {kl_coef}")
@@ -260,11 +264,11 @@ class RLModule(PolicyModule):
     # ----- training -----------------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
-        policy_opt = torch.optim.AdamW(self.policy.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
-        if self.critic is None:
-            return policy_opt
-        critic_opt = torch.optim.AdamW(self.critic.parameters(), lr=hp.critic_learning_rate, weight_decay=hp.weight_decay)
-        return [policy_opt, critic_opt]
+        optimizers = [torch.optim.AdamW(self.policy.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)]
+        if self.critic is not None:
+            optimizers.append(torch.optim.AdamW(self.critic.parameters(), lr=hp.critic_learning_rate, weight_decay=hp.weight_decay))
+        warmup = lambda step: min(1.0, (step + 1) / hp.warmup_steps) if hp.warmup_steps else 1.0  # noqa: E731
+        return optimizers, [torch.optim.lr_scheduler.LambdaLR(opt, warmup) for opt in optimizers]
 
     def _micro_batches(self, batch: Experience):
         """Micro-batches with the weight that makes their summed losses equal the mini-batch loss."""
@@ -347,6 +351,9 @@ class RLModule(PolicyModule):
         self.update_guard.record(name, None, self.current_epoch, batch_idx)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        schedulers = self.lr_schedulers()
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+        schedulers[0 if name == "policy" else 1].step()
         return norm.detach()
 
     def on_train_epoch_end(self) -> None:

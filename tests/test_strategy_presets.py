@@ -58,7 +58,8 @@ def test_strategy_preset_resolves_with_quickstart(preset, monkeypatch):
     assert trainer["precision"] == "bf16-mixed" and trainer["accelerator"] == "gpu"
     # The run config still applies: model, data and the rest of the trainer come from quickstart.
     assert config["model"]["class_path"] == "lit_vine.RLModule"
-    assert trainer["max_epochs"] == 30
+    # the run's own settings survive the strategy overlay
+    assert trainer["max_epochs"] == yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())["trainer"]["max_epochs"]
 
 
 @pytest.mark.parametrize("algorithm", ["VinePPO", "PPO"])
@@ -67,8 +68,8 @@ def test_only_trained_models_get_optimizer_state(algorithm):
     from lit_vine.rl import RLModule
 
     module = RLModule(policy="builtin:tiny", algorithm=getattr(lit_vine, algorithm)())
-    optimizers = module.configure_optimizers()
-    optimizers = optimizers if isinstance(optimizers, (list, tuple)) else [optimizers]
+    optimizers, schedulers = module.configure_optimizers()
+    assert len(schedulers) == len(optimizers)
     optimized = {id(p) for opt in optimizers for group in opt.param_groups for p in group["params"]}
     trained = {id(p) for p in module.policy.parameters()} | ({id(p) for p in module.critic.parameters()} if module.critic is not None else set())
     reference = {id(p) for p in module.reference.parameters()}

@@ -5,6 +5,11 @@
 
 Steps are lines, exactly as in GSM8K, so step-level credit assignment is real: a wrong line makes
 every later line wrong. Difficulty grows with ``num_ops`` and ``max_value``.
+
+``slip_rate`` makes the *training* solutions imperfect, like human-written data: that fraction
+of them slips once (one line's result is off by 1-3 and the chain goes on correctly from the wrong
+value, so the final answer is wrong). An SFT model trained on them slips too; the reward always
+checks the true answer, so RL has real mistakes to unlearn, at a known step.
 """
 
 from __future__ import annotations
@@ -32,10 +37,16 @@ class Chain:
     def question(self) -> str:
         return f"Compute {self.start} " + " ".join(f"{op}{x}" for op, x in self.ops) + " from left to right."
 
-    def solution(self) -> str:
-        v = self.values()
-        lines = [f"{v[i]}{op}{x}={v[i + 1]}" for i, (op, x) in enumerate(self.ops)]
-        return "\n".join(lines) + f"\n#### {v[-1]}"
+    def solution(self, slip_at: int | None = None, slip_by: int = 0) -> str:
+        """The worked solution; with ``slip_at``, that line's result is off by ``slip_by``."""
+        value, lines = self.start, []
+        for i, (op, x) in enumerate(self.ops):
+            result = value + x if op == "+" else value - x if op == "-" else value * x
+            if i == slip_at:
+                result = result + slip_by if result - slip_by < 0 else result - slip_by
+            lines.append(f"{value}{op}{x}={result}")
+            value = result
+        return "\n".join(lines) + f"\n#### {value}"
 
 
 class ArithmeticTask(Task):
@@ -46,6 +57,7 @@ class ArithmeticTask(Task):
         max_operand: largest number added or subtracted.
         max_value: every intermediate value stays in ``[0, max_value]``.
         num_train, num_validation, num_test: problems per split.
+        slip_rate: fraction of training solutions (the SFT data) that slip once.
         seed: the splits are a function of the seed alone.
     """
 
@@ -58,6 +70,7 @@ class ArithmeticTask(Task):
         num_train: int = 20000,
         num_validation: int = 200,
         num_test: int = 400,
+        slip_rate: float = 0.0,
         seed: int = 0,
     ) -> None:
         if not 1 <= min_ops <= max_ops:
@@ -66,7 +79,10 @@ class ArithmeticTask(Task):
             raise ValueError(f"ArithmeticTask: need 1 <= max_operand <= max_value, got {max_operand}, {max_value}")
         self.min_ops, self.max_ops = min_ops, max_ops
         self.max_operand, self.max_value = max_operand, max_value
+        if not 0 <= slip_rate <= 1:
+            raise ValueError(f"ArithmeticTask: slip_rate must be in [0, 1], got {slip_rate}")
         self.sizes = {"train": num_train, "validation": num_validation, "test": num_test}
+        self.slip_rate = slip_rate
         self.seed = seed
         self._cache: dict[str, list[Problem]] = {}
 
@@ -91,6 +107,7 @@ class ArithmeticTask(Task):
             # Splits are drawn from one stream and kept disjoint by question text, so a test
             # question never appears in training whatever the sizes.
             rng = random.Random(self.seed)
+            slip_rng = random.Random(f"{self.seed}/slips")  # slips never change which questions are drawn
             seen: set[str] = set()
             out: dict[str, list[Problem]] = {s: [] for s in self.sizes}
             order = ["test", "validation", "train"]
@@ -105,7 +122,9 @@ class ArithmeticTask(Task):
                     if q in seen:
                         continue
                     seen.add(q)
-                    out[s].append(Problem(f"arith-{s}-{len(out[s])}", q, str(chain.values()[-1]), chain.solution()))
+                    slips = s == "train" and slip_rng.random() < self.slip_rate
+                    solution = chain.solution(slip_rng.randrange(len(chain.ops)), slip_rng.randint(1, 3)) if slips else chain.solution()
+                    out[s].append(Problem(f"arith-{s}-{len(out[s])}", q, str(chain.values()[-1]), solution))
             self._cache.update(out)
         return self._cache[split]
 

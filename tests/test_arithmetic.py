@@ -1,0 +1,52 @@
+"""The built-in task: deterministic, disjoint splits; gold solutions grade correct; slips are real."""
+
+from lit_vine.grading import grade_gsm8k
+from lit_vine.steps import split_lines
+from lit_vine.tasks.arithmetic import ArithmeticTask
+
+
+def small(**kw):
+    return ArithmeticTask(num_train=500, num_validation=50, num_test=50, **kw)
+
+
+def test_splits_are_deterministic_and_disjoint():
+    a, b = small(seed=3), small(seed=3)
+    for split in ("train", "validation", "test"):
+        assert [p.question for p in a.problems(split)] == [p.question for p in b.problems(split)]
+    qs = {split: {p.question for p in a.problems(split)} for split in ("train", "validation", "test")}
+    assert not (qs["train"] & qs["test"]) and not (qs["train"] & qs["validation"]) and not (qs["validation"] & qs["test"])
+    assert [p.question for p in small(seed=4).problems("test")] != [p.question for p in a.problems("test")]
+
+
+def test_gold_solutions_are_correct_and_one_step_per_operation():
+    task = small(min_ops=2, max_ops=5)
+    for p in task.problems("train"):
+        steps = split_lines(p.solution)
+        ops = p.question.count(" ") - 5  # "Compute <start> <op> ... <op> from left to right."
+        assert len(steps) == ops
+        assert grade_gsm8k(p.solution, p.answer) == 1.0
+        # every line is true arithmetic
+        for line in p.solution.splitlines()[:-1]:
+            lhs, rhs = line.split("=")
+            assert eval(lhs) == int(rhs)  # noqa: S307 (digits and one operator)
+
+
+def test_difficulty_knobs_bound_the_values():
+    task = small(min_ops=4, max_ops=4, max_value=50, max_operand=5)
+    for p in task.problems("test"):
+        values = [int(line.split("=")[1]) for line in p.solution.splitlines()[:-1]]
+        assert len(values) == 4 and all(0 <= v <= 50 for v in values)
+
+
+def test_slips_break_a_fraction_of_training_solutions_only():
+    clean, slipped = small(), small(slip_rate=0.4)
+    # same questions and answers, only the training solutions change
+    for split in ("train", "validation", "test"):
+        assert [(p.question, p.answer) for p in clean.problems(split)] == [(p.question, p.answer) for p in slipped.problems(split)]
+    wrong = [p for p in slipped.problems("train") if grade_gsm8k(p.solution, p.answer) == 0]
+    assert 0.3 < len(wrong) / 500 < 0.5
+    assert all(grade_gsm8k(p.solution, p.answer) == 1 for p in slipped.problems("test"))
+    # a slip is one wrong line; the lines after it compute correctly from the wrong value
+    for p in wrong[:50]:
+        bad = [line for line in p.solution.splitlines()[:-1] if eval(line.split("=")[0]) != int(line.split("=")[1])]  # noqa: S307
+        assert len(bad) == 1
