@@ -160,7 +160,7 @@ def report(args: argparse.Namespace) -> None:
             f"| {mean_std([r['greedy'][-1] for r in runs if r['greedy']])} | {reach(reach_steps)} | {reach(reach_secs)} "
             f"| {t['generation']:.2f} | {t['value_estimation']:.2f} | {t['training']:.2f} |"
         )
-    for axis, label in [("steps", "optimizer steps"), ("seconds", "wall-clock seconds")]:
+    for axis, label in [("steps", "policy optimizer steps (mini-batches)"), ("seconds", "wall-clock seconds")]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for method, runs in data.items():
             n = min(len(r["acc"]) for r in runs)
@@ -180,7 +180,7 @@ def report(args: argparse.Namespace) -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
     commands = "\n".join(" ".join(command(m, s, args)) for m in args.methods for s in args.seeds)
     text = (
-        f"# Method study on the built-in task\n\nProduced by `python benchmarks/study.py {' '.join(sys.argv[1:])}` on {machine}.\n"
+        f"# Method study on the built-in task\n\nProduced by `python benchmarks/study.py {' '.join(a for a in sys.argv[1:] if a != '--report-only')}` on {machine}.\n"
         f"Held-out metric: {METRIC} on {args.num_validation} validation problems, every {args.val_every} iterations; "
         f"{args.iterations} iterations per run. The SFT checkpoint every run starts from: pass@1 "
         f"{100 * start[METRIC]:.1f}%, greedy {100 * start['val/greedy_acc']:.1f}% (iteration 0 of every curve). "

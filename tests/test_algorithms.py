@@ -112,3 +112,23 @@ def test_stream_keeps_pairs_together_and_handles_small_experience():
         assert first[0] % 2 == 0 and first[1] == first[0] + 1
     empty = ExperienceStream(lambda: exp.select(torch.tensor([], dtype=torch.long)), 4, 2, lambda: 0)
     assert list(empty) == []
+
+
+def test_decoupled_gae_uses_lambda_actor_for_advantages_and_lambda_critic_for_targets():
+    from lit_vine.algorithms import PPO
+
+    # one trajectory of 3 tokens, reward 1 at the end, gamma = 1
+    r = rollouts([1.0], [0], [3])
+    r.values = torch.tensor([[0.5, 0.6, 0.8]])
+    adv, returns = PPO(gamma=1.0, lam=0.5, critic_lam=1.0).advantages(r, ctx())
+    # TD errors: d2 = 1 - 0.8, d1 = 0.8 - 0.6, d0 = 0.6 - 0.5
+    d0, d1, d2 = 0.1, 0.2, 0.2
+    a2 = d2
+    a1 = d1 + 0.5 * a2
+    a0 = d0 + 0.5 * a1
+    assert torch.allclose(adv, torch.tensor([[a0, a1, a2]]), atol=1e-6)
+    # lambda_critic = 1: Monte Carlo returns, the final reward at every token
+    assert torch.allclose(returns, torch.tensor([[1.0, 1.0, 1.0]]), atol=1e-6)
+    # classic PPO (critic_lam=None) regresses the critic on the lambda-actor returns instead
+    _, coupled = PPO(gamma=1.0, lam=0.5).advantages(r, ctx())
+    assert torch.allclose(coupled, torch.tensor([[a0 + 0.5, a1 + 0.6, a2 + 0.8]]), atol=1e-6)
