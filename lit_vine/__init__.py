@@ -5,7 +5,7 @@ from lit_vine.data import SFTDataModule, TaskDataModule
 from lit_vine.rl import RLModule
 from lit_vine.rollout.engine import HFEngine, RolloutEngine, SamplingParams
 from lit_vine.sft import SFTModule
-from lit_vine.tasks import ArithmeticTask, Problem, Task
+from lit_vine.tasks import ArithmeticTask, DatasetTask, Problem, Task
 
 __all__ = [
     "GRPO",
@@ -17,6 +17,7 @@ __all__ = [
     "RestEM",
     "Algorithm",
     "ArithmeticTask",
+    "DatasetTask",
     "HFEngine",
     "Problem",
     "RLModule",
