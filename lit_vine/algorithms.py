@@ -45,6 +45,7 @@ class Algorithm:
     uses_critic: bool = False
     objective: Literal["ppo", "nll", "dpo"] = "ppo"
     value_pretrain_iterations: int = 0
+    value_pretrain_patience: int = 1
 
     def advantages(self, rollouts: Rollouts, ctx: RolloutContext) -> tuple[Tensor, Tensor | None]:
         """Per-token advantages ``(B, T)`` and critic targets ``(B, T)`` (``None`` without critic)."""

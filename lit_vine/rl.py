@@ -256,8 +256,7 @@ class RLModule(PolicyModule):
                 state["best_ev"], state["stale"] = ev, 0
             else:
                 state["stale"] += 1
-            patience = getattr(self.algorithm, "value_pretrain_patience", 1)
-            if state["stale"] >= patience or self.current_epoch >= self.algorithm.value_pretrain_iterations:
+            if state["stale"] >= self.algorithm.value_pretrain_patience or self.current_epoch >= self.algorithm.value_pretrain_iterations:
                 state["active"] = False
         self._stats["critic/value_pretraining"] = float(state["active"])
 
