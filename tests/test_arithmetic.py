@@ -50,3 +50,18 @@ def test_slips_break_a_fraction_of_training_solutions_only():
     for p in wrong[:50]:
         bad = [line for line in p.solution.splitlines()[:-1] if eval(line.split("=")[0]) != int(line.split("=")[1])]  # noqa: S307
         assert len(bad) == 1
+
+
+def test_shortcuts_drop_the_working_of_a_fraction_of_training_solutions_only():
+    clean, terse = small(), small(shortcut_rate=0.5)
+    for split in ("train", "validation", "test"):
+        assert [(p.question, p.answer) for p in clean.problems(split)] == [(p.question, p.answer) for p in terse.problems(split)]
+    pairs = list(zip(clean.problems("train"), terse.problems("train")))
+    short = [t for c, t in pairs if t.solution != c.solution]
+    assert 0.4 < len(short) / len(pairs) < 0.6
+    # a shortcut keeps the true answer and nothing else
+    assert all(t.solution == f"#### {t.answer}" and grade_gsm8k(t.solution, t.answer) == 1 for t in short)
+    assert [p.solution for p in terse.problems("test")] == [p.solution for p in clean.problems("test")]
+    # slips and shortcuts are drawn independently: turning one on never moves the other
+    both = small(slip_rate=0.4, shortcut_rate=0.5)
+    assert [p.solution.startswith("####") for p in both.problems("train")] == [p.solution.startswith("####") for p in terse.problems("train")]

@@ -10,6 +10,12 @@ every later line wrong. Difficulty grows with ``num_ops`` and ``max_value``.
 of them slips once (one line's result is off by 1-3 and the chain goes on correctly from the wrong
 value, so the final answer is wrong). An SFT model trained on them slips too; the reward always
 checks the true answer, so RL has real mistakes to unlearn, at a known step.
+
+``shortcut_rate`` makes that fraction of the training solutions terse: they state the answer
+with no working (``#### 32``), as much human-written data does. A tiny model cannot run a chain
+in its head, so an SFT model that imitates them often answers at once and is wrong; whether to
+show the work is one decision, taken at the first token of every response, that RL can learn
+and that carries over to problems it never saw.
 """
 
 from __future__ import annotations
@@ -37,8 +43,9 @@ class Chain:
     def question(self) -> str:
         return f"Compute {self.start} " + " ".join(f"{op}{x}" for op, x in self.ops) + " from left to right."
 
-    def solution(self, slip_at: int | None = None, slip_by: int = 0) -> str:
-        """The worked solution; with ``slip_at``, that line's result is off by ``slip_by``."""
+    def solution(self, slip_at: int | None = None, slip_by: int = 0, terse: bool = False) -> str:
+        """The worked solution; with ``slip_at``, that line's result is off by ``slip_by``;
+        ``terse`` drops the working and keeps only the answer line."""
         value, lines = self.start, []
         for i, (op, x) in enumerate(self.ops):
             result = value + x if op == "+" else value - x if op == "-" else value * x
@@ -46,7 +53,7 @@ class Chain:
                 result = result + slip_by if result - slip_by < 0 else result - slip_by
             lines.append(f"{value}{op}{x}={result}")
             value = result
-        return "\n".join(lines) + f"\n#### {value}"
+        return f"#### {value}" if terse else "\n".join(lines) + f"\n#### {value}"
 
 
 class ArithmeticTask(Task):
@@ -58,6 +65,7 @@ class ArithmeticTask(Task):
         max_value: every intermediate value stays in ``[0, max_value]``.
         num_train, num_validation, num_test: problems per split.
         slip_rate: fraction of training solutions (the SFT data) that slip once.
+        shortcut_rate: fraction of training solutions that give the answer without working.
         seed: the splits are a function of the seed alone.
     """
 
@@ -71,6 +79,7 @@ class ArithmeticTask(Task):
         num_validation: int = 200,
         num_test: int = 400,
         slip_rate: float = 0.0,
+        shortcut_rate: float = 0.0,
         seed: int = 0,
     ) -> None:
         if not 1 <= min_ops <= max_ops:
@@ -79,10 +88,11 @@ class ArithmeticTask(Task):
             raise ValueError(f"ArithmeticTask: need 1 <= max_operand <= max_value, got {max_operand}, {max_value}")
         self.min_ops, self.max_ops = min_ops, max_ops
         self.max_operand, self.max_value = max_operand, max_value
-        if not 0 <= slip_rate <= 1:
-            raise ValueError(f"ArithmeticTask: slip_rate must be in [0, 1], got {slip_rate}")
+        for name, rate in (("slip_rate", slip_rate), ("shortcut_rate", shortcut_rate)):
+            if not 0 <= rate <= 1:
+                raise ValueError(f"ArithmeticTask: {name} must be in [0, 1], got {rate}")
         self.sizes = {"train": num_train, "validation": num_validation, "test": num_test}
-        self.slip_rate = slip_rate
+        self.slip_rate, self.shortcut_rate = slip_rate, shortcut_rate
         self.seed = seed
         self._cache: dict[str, list[Problem]] = {}
 
@@ -107,7 +117,9 @@ class ArithmeticTask(Task):
             # Splits are drawn from one stream and kept disjoint by question text, so a test
             # question never appears in training whatever the sizes.
             rng = random.Random(self.seed)
-            slip_rng = random.Random(f"{self.seed}/slips")  # slips never change which questions are drawn
+            # Slips and shortcuts have their own streams: they never change which questions are drawn.
+            slip_rng = random.Random(f"{self.seed}/slips")
+            shortcut_rng = random.Random(f"{self.seed}/shortcuts")
             seen: set[str] = set()
             out: dict[str, list[Problem]] = {s: [] for s in self.sizes}
             order = ["test", "validation", "train"]
@@ -123,7 +135,11 @@ class ArithmeticTask(Task):
                         continue
                     seen.add(q)
                     slips = s == "train" and slip_rng.random() < self.slip_rate
-                    solution = chain.solution(slip_rng.randrange(len(chain.ops)), slip_rng.randint(1, 3)) if slips else chain.solution()
+                    terse = s == "train" and shortcut_rng.random() < self.shortcut_rate
+                    if slips:
+                        solution = chain.solution(slip_rng.randrange(len(chain.ops)), slip_rng.randint(1, 3), terse)
+                    else:
+                        solution = chain.solution(terse=terse)
                     out[s].append(Problem(f"arith-{s}-{len(out[s])}", q, str(chain.values()[-1]), solution))
             self._cache.update(out)
         return self._cache[split]
