@@ -134,22 +134,25 @@ class RLModule(PolicyModule):
         self._resume, self._restored = None, False
 
     # ----- experience ---------------------------------------------------------------------------
+    def _per_micro_batch(self, fn, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """``fn(ids, mask)`` over micro-batches of rows, concatenated: bounds activation memory."""
+        size = self.hparams.micro_batch_size
+        return torch.cat([fn(ids, mask) for ids, mask in zip(input_ids.split(size), attention_mask.split(size))])
+
     @torch.no_grad()
     def sequence_logprobs(self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, T: int) -> Tensor:
-        """Temperature-scaled log-probs ``(B, T)`` of the last ``T`` tokens, in micro-batches."""
-        out = []
-        for ids, mask in zip(input_ids.split(self.hparams.micro_batch_size), attention_mask.split(self.hparams.micro_batch_size)):
+        """Temperature-scaled log-probs ``(B, T)`` of the last ``T`` tokens."""
+
+        def logprobs(ids: Tensor, mask: Tensor) -> Tensor:
             logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits[:, -T - 1 : -1]
-            out.append(token_logprobs(logits / self.score_temperature, ids[:, -T:])[0])
-        return torch.cat(out)
+            return token_logprobs(logits / self.score_temperature, ids[:, -T:])[0]
+
+        return self._per_micro_batch(logprobs, input_ids, attention_mask)
 
     @torch.no_grad()
     def critic_values(self, input_ids: Tensor, attention_mask: Tensor, T: int) -> Tensor:
         """V(s_t) ``(B, T)`` for the state before each response token."""
-        out = []
-        for ids, mask in zip(input_ids.split(self.hparams.micro_batch_size), attention_mask.split(self.hparams.micro_batch_size)):
-            out.append(self.critic(ids, mask, position_ids(mask))[:, -T - 1 : -1])
-        return torch.cat(out)
+        return self._per_micro_batch(lambda ids, mask: self.critic(ids, mask, position_ids(mask))[:, -T - 1 : -1], input_ids, attention_mask)
 
     def make_experience(self, problems: list[Problem]) -> Experience:
         """One iteration's rollout: generate -> reward -> log-probs -> advantages."""

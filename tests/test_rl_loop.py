@@ -117,3 +117,32 @@ def test_quickstart_cli_writes_test_report(tmp_path, monkeypatch):
     report = json.loads(reports[0].read_text())
     assert set(report) >= {"before", "after"} and "greedy_acc" in report["after"] and "pass@1" in report["before"]
     assert (reports[0].parent / "learning_curve.png").stat().st_size > 0
+
+
+def test_scored_logprobs_and_values_match_unpadded_rows_whatever_the_micro_batch(tmp_path):
+    """Old/reference log-probs and critic values of a padded batch equal each row's own forward
+    pass (no padding, plain softmax at the sampling temperature), for any micro-batch size."""
+    from lit_vine.experience import pad_batch
+
+    module = RLModule(policy=SFT, algorithm=PPO(), temperature=0.7, micro_batch_size=2)
+    tok = module.tokenizer
+    task = ArithmeticTask(num_train=8, num_validation=0, num_test=0)
+    problems = task.problems("train")[:5]
+    prompts = [tok(task.prompt(p))["input_ids"] for p in problems]
+    responses = [tok(p.solution)["input_ids"][: 3 + 4 * i] for i, p in enumerate(problems)]  # ragged widths
+    ids, att, mask = pad_batch(prompts, responses, tok.pad_token_id)
+    T = mask.shape[1]
+    logprobs = module.sequence_logprobs(module.policy, ids, att, T)
+    values = module.critic_values(ids, att, T)
+    module.hparams.micro_batch_size = 64
+    assert torch.allclose(module.sequence_logprobs(module.policy, ids, att, T), logprobs, atol=1e-5)
+    assert torch.allclose(module.critic_values(ids, att, T), values, atol=1e-5)
+    with torch.no_grad():
+        for b, (p, r) in enumerate(zip(prompts, responses)):
+            row = torch.tensor([p + r])
+            logits = module.policy(row).logits[0, len(p) - 1 : -1] / 0.7
+            expected = torch.log_softmax(logits, -1)[torch.arange(len(r)), torch.tensor(r)]
+            assert torch.allclose(logprobs[b, : len(r)], expected, atol=1e-4)
+            # V(s_t) is the value head on the last token of the state before response token t
+            own = module.critic(row, torch.ones_like(row), torch.arange(row.shape[1])[None])[0, len(p) - 1 : -1]
+            assert torch.allclose(values[b, : len(r)], own, atol=1e-4)
