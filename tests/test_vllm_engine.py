@@ -200,6 +200,14 @@ def policy(tiny):
     return copy.deepcopy(model).eval(), tokenizer
 
 
+def _engines(model, tokenizer):
+    """The (fake) vLLM engine and the transformers engine, both on ``model``."""
+    engine, hf = VLLMEngine(dtype="float32"), HFEngine()
+    engine.setup(model, tokenizer)
+    hf.setup(model, tokenizer)
+    return engine, hf
+
+
 def _prompts(tokenizer, n=4):
     return [tokenizer(f"Compute {10 + i} +{i + 1} from left to right.").input_ids for i in range(n)]
 
@@ -208,10 +216,7 @@ def _prompts(tokenizer, n=4):
 def test_fake_engine_greedy_matches_hf_engine_after_initial_sync(fake_vllm, policy, include_eos_in_output):
     FakeLLM.include_eos_in_output = include_eos_in_output
     model, tokenizer = policy
-    engine = VLLMEngine(dtype="float32")
-    engine.setup(model, tokenizer)
-    hf = HFEngine()
-    hf.setup(model, tokenizer)
+    engine, hf = _engines(model, tokenizer)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=24)
     prompts = _prompts(tokenizer)
     assert engine.generate(prompts, greedy, seed=0) == hf.generate(prompts, greedy, seed=0)
@@ -239,10 +244,7 @@ def test_fake_engine_generate_contract_and_sampling_params(fake_vllm, policy):
 
 def test_fake_engine_weight_sync_follows_the_policy_and_probe_catches_a_broken_sync(fake_vllm, policy):
     model, tokenizer = policy
-    engine = VLLMEngine(dtype="float32")
-    engine.setup(model, tokenizer)
-    hf = HFEngine()
-    hf.setup(model, tokenizer)
+    engine, hf = _engines(model, tokenizer)
     greedy = SamplingParams(temperature=0.0, max_new_tokens=16)
     prompts = _prompts(tokenizer)
     engine.generate(prompts, greedy, seed=0)  # builds the engine
