@@ -64,6 +64,9 @@ class RLModule(PolicyModule):
             ``train/skipped_updates``); this many in a row for one model stop the run.
         max_mean_ratio: a PPO mini-batch whose mean importance ratio exceeds this is skipped (a
             policy that drifted far from the one that sampled); ``None``: no bound.
+        gradient_checkpointing: recompute the policy's and critic's activations during backward
+            instead of keeping them: less memory for long responses and large models, ~30 % more
+            training compute. Same gradients.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class RLModule(PolicyModule):
         seed: int = 0,
         max_consecutive_nonfinite: int = 3,
         max_mean_ratio: float | None = 5.0,
+        gradient_checkpointing: bool = False,
     ) -> None:
         check(responses_per_prompt >= 1, f"responses_per_prompt must be >= 1, got {responses_per_prompt}")
         check(learning_rate > 0, f"learning_rate must be > 0, got {learning_rate}")
@@ -122,6 +126,10 @@ class RLModule(PolicyModule):
         self.sampling = SamplingParams(temperature, top_p, max_new_tokens)
         self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.critic = ValueModel(policy, tiny) if self.algorithm.uses_critic else None
+        if gradient_checkpointing:  # the frozen reference never runs backward: it keeps plain forwards
+            for model in (self.policy, self.critic.body if self.critic is not None else None):
+                if model is not None:
+                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # The PPO family scores tokens at the sampling temperature (design notes, sec. 1);
         # RestEM's NLL and DPO+ are likelihood objectives at temperature 1.
         self.score_temperature = temperature if self.algorithm.objective == "ppo" else 1.0

@@ -146,3 +146,28 @@ def test_scored_logprobs_and_values_match_unpadded_rows_whatever_the_micro_batch
             # V(s_t) is the value head on the last token of the state before response token t
             own = module.critic(row, torch.ones_like(row), torch.arange(row.shape[1])[None])[0, len(p) - 1 : -1]
             assert torch.allclose(values[b, : len(r)], own, atol=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_and_trains(tmp_path):
+    plain = RLModule(policy=SFT, algorithm=PPO())
+    ckpt = RLModule(policy=SFT, algorithm=PPO(), gradient_checkpointing=True)
+    assert ckpt.policy.is_gradient_checkpointing and ckpt.critic.body.is_gradient_checkpointing
+    assert not plain.policy.is_gradient_checkpointing and not ckpt.reference.is_gradient_checkpointing
+    ids = torch.tensor([ckpt.tokenizer("Compute 3 +4 *2 from left to right.\n3+4=7\n7*2=14\n#### 14")["input_ids"]])
+    recomputed = []
+
+    def counted(checkpoint):
+        return lambda *args, **kwargs: recomputed.append(1) or checkpoint(*args, **kwargs)
+
+    for layer in ckpt.policy.model.layers:
+        layer._gradient_checkpointing_func = counted(layer._gradient_checkpointing_func)
+    grads = []
+    for module in (plain, ckpt):
+        module.policy.train()
+        logits = module.policy(ids).logits[0, :-1]
+        torch.log_softmax(logits, -1)[torch.arange(ids.shape[1] - 1), ids[0, 1:]].sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in module.policy.parameters()]))
+    assert len(recomputed) == ckpt.policy.config.num_hidden_layers  # every decoder layer checkpointed
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
+    trainer, module, policy_before, _ = tiny_run(PPO(), tmp_path, iterations=1, gradient_checkpointing=True)
+    assert changed(module.policy, policy_before)
