@@ -102,6 +102,18 @@ def _from_pretrained(auto_class, name: str):
         raise FileNotFoundError(f"cannot load {name!r}: not a local folder, and the hub said: {err}") from err
 
 
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute every decoder layer's activations during backward instead of storing them.
+
+    Non-reentrant checkpointing: correct when a layer's inputs need no grad (frozen embeddings).
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # its name in recent transformers
+        model.activation_checkpointing_enable(kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 class ValueModel(nn.Module):
     """Critic: the policy's transformer body with a linear value head on the last hidden state."""
 

@@ -25,7 +25,7 @@ from lit_vine.losses import (
     token_logprobs,
     value_loss,
 )
-from lit_vine.models import TinyConfig, ValueModel
+from lit_vine.models import TinyConfig, ValueModel, enable_activation_checkpointing
 from lit_vine.errors import check
 from lit_vine import checkpointing
 from lit_vine.faults import UpdateGuard, check_responses
@@ -127,9 +127,9 @@ class RLModule(PolicyModule):
         self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.critic = ValueModel(policy, tiny) if self.algorithm.uses_critic else None
         if gradient_checkpointing:  # the frozen reference never runs backward: it keeps plain forwards
-            for model in (self.policy, self.critic.body if self.critic is not None else None):
-                if model is not None:
-                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(self.policy)
+            if self.critic is not None:
+                enable_activation_checkpointing(self.critic.body)
         # The PPO family scores tokens at the sampling temperature (design notes, sec. 1);
         # RestEM's NLL and DPO+ are likelihood objectives at temperature 1.
         self.score_temperature = temperature if self.algorithm.objective == "ppo" else 1.0

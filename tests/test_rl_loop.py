@@ -151,8 +151,11 @@ def test_scored_logprobs_and_values_match_unpadded_rows_whatever_the_micro_batch
 def test_gradient_checkpointing_gives_the_same_gradients_and_trains(tmp_path):
     plain = RLModule(policy=SFT, algorithm=PPO())
     ckpt = RLModule(policy=SFT, algorithm=PPO(), gradient_checkpointing=True)
-    assert ckpt.policy.is_gradient_checkpointing and ckpt.critic.body.is_gradient_checkpointing
-    assert not plain.policy.is_gradient_checkpointing and not ckpt.reference.is_gradient_checkpointing
+    def checkpointed(body):
+        return [layer.gradient_checkpointing for layer in body.layers]
+
+    assert all(checkpointed(ckpt.policy.model)) and all(checkpointed(ckpt.critic.body))
+    assert not any(checkpointed(plain.policy.model)) and not any(checkpointed(ckpt.reference.model))
     ids = torch.tensor([ckpt.tokenizer("Compute 3 +4 *2 from left to right.\n3+4=7\n7*2=14\n#### 14")["input_ids"]])
     recomputed = []
 
