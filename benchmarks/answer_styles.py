@@ -23,8 +23,9 @@ def styles(path: Path) -> dict[str, dict[str, float]]:
     }
     out = {}
     for kind, pairs in answers.items():
-        terse = [correct for text, correct in pairs if text.lstrip().startswith("####")]
-        worked = [correct for text, correct in pairs if not text.lstrip().startswith("####")]
+        terse, worked = [], []
+        for text, correct in pairs:
+            (terse if text.lstrip().startswith("####") else worked).append(correct)
         out[kind] = {
             "answers": len(pairs),
             "without_working": len(terse) / len(pairs) if pairs else float("nan"),

@@ -65,8 +65,8 @@ class RLModule(PolicyModule):
         max_mean_ratio: a PPO mini-batch whose mean importance ratio exceeds this is skipped (a
             policy that drifted far from the one that sampled); ``None``: no bound.
         gradient_checkpointing: recompute the policy's and critic's activations during backward
-            instead of keeping them: less memory for long responses and large models, ~30 % more
-            training compute. Same gradients.
+            instead of keeping them: less memory for long responses and large models, for about
+            one extra forward pass per update. Same gradients.
     """
 
     def __init__(

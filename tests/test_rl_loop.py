@@ -119,7 +119,7 @@ def test_quickstart_cli_writes_test_report(tmp_path, monkeypatch):
     assert (reports[0].parent / "learning_curve.png").stat().st_size > 0
 
 
-def test_scored_logprobs_and_values_match_unpadded_rows_whatever_the_micro_batch(tmp_path):
+def test_scored_logprobs_and_values_match_unpadded_rows_whatever_the_micro_batch():
     """Old/reference log-probs and critic values of a padded batch equal each row's own forward
     pass (no padding, plain softmax at the sampling temperature), for any micro-batch size."""
     from lit_vine.experience import pad_batch
@@ -151,6 +151,7 @@ def test_scored_logprobs_and_values_match_unpadded_rows_whatever_the_micro_batch
 def test_gradient_checkpointing_gives_the_same_gradients_and_trains(tmp_path):
     plain = RLModule(policy=SFT, algorithm=PPO())
     ckpt = RLModule(policy=SFT, algorithm=PPO(), gradient_checkpointing=True)
+
     def checkpointed(body):
         return [layer.gradient_checkpointing for layer in body.layers]
 

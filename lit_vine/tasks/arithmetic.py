@@ -136,10 +136,8 @@ class ArithmeticTask(Task):
                     seen.add(q)
                     slips = s == "train" and slip_rng.random() < self.slip_rate
                     terse = s == "train" and shortcut_rng.random() < self.shortcut_rate
-                    if slips:
-                        solution = chain.solution(slip_rng.randrange(len(chain.ops)), slip_rng.randint(1, 3), terse)
-                    else:
-                        solution = chain.solution(terse=terse)
+                    slip_at, slip_by = (slip_rng.randrange(len(chain.ops)), slip_rng.randint(1, 3)) if slips else (None, 0)
+                    solution = chain.solution(slip_at, slip_by, terse)
                     out[s].append(Problem(f"arith-{s}-{len(out[s])}", q, str(chain.values()[-1]), solution))
             self._cache.update(out)
         return self._cache[split]
