@@ -1,12 +1,16 @@
-"""Every method from the same SFT checkpoint, on the same data and evaluation, over several seeds.
+"""Methods compared on one run config: same SFT checkpoint, prompts, episodes and evaluation.
 
-    python benchmarks/study.py --iterations 30 --seeds 0 1 2            # runs, then report
-    python benchmarks/study.py --report-only                             # report from existing logs
+    python benchmarks/study.py --config configs/credit.yaml --out benchmarks/credit \\
+        --methods VinePPO PPO VC-PPO GRPO RLOO --sweep-lrs 3e-6 1e-5 3e-5 --seeds 0 1 2 --jobs 2
+    python benchmarks/study.py ... --report-only        # the report from existing logs
 
-Each run is ``lit-vine fit --config configs/quickstart.yaml --config configs/methods/<m>.yaml``
-with its seed; logs go to ``<out>/logs/<method>/seed<k>``. The report (``<out>/README.md``) has the
-table, the plots (accuracy against optimizer steps and against wall-clock), the machine and the
-exact commands.
+Each run is ``lit-vine fit --config <config> --config configs/methods/<m>.yaml`` with its seed and
+learning rate; with seed k every method sees the same prompts in the same order. With
+``--sweep-lrs``, every method first gets the same short learning-rate sweep (one seed,
+``--sweep-iterations``), and the rate with the best final validation pass@1 (ties: the smaller
+rate) is used for its seeded runs. Logs go to ``<out>/logs/<method>/<run>``; the report
+(``<out>/README.md``) has the sweep, the table, the plots (accuracy against policy optimizer
+steps and against wall-clock), the machine and the exact commands.
 """
 
 from __future__ import annotations
@@ -40,165 +44,211 @@ METHODS = {
     "DPO+": "dpo_plus",
 }
 METRIC = "val/pass@1"
+PHASES = ("generation", "scoring", "value_estimation", "training", "iteration")
 
 
-def command(method: str, seed: int, args: argparse.Namespace) -> list[str]:
+def command(method: str, seed: int, lr: float | None, iterations: int, run: str, args: argparse.Namespace) -> list[str]:
     return [
         "lit-vine", "fit",
-        "--config", "configs/quickstart.yaml",
+        "--config", args.config,
         "--config", f"configs/methods/{METHODS[method]}.yaml",
         f"--seed_everything={seed}", f"--model.init_args.seed={seed}", f"--data.init_args.seed={seed}",
-        f"--trainer.max_epochs={args.iterations}",
+        *([f"--model.init_args.learning_rate={lr}"] if lr is not None else []),
+        f"--trainer.max_epochs={iterations}",
         f"--trainer.check_val_every_n_epoch={args.val_every}",
         "--trainer.enable_progress_bar=false",
-        "--trainer.callbacks=null",
+        "--trainer.callbacks=null",  # no test report: validation curves are the measure
         f"--trainer.logger.init_args.save_dir={args.out / 'logs'}",
         f"--trainer.logger.init_args.name={METHODS[method]}",
-        f"--trainer.logger.init_args.version=seed{seed}",
+        f"--trainer.logger.init_args.version={run}",
         f"--data.init_args.task.init_args.num_validation={args.num_validation}",
     ]
 
 
-def run_one(method: str, seed: int, args: argparse.Namespace) -> None:
-    log_dir = args.out / "logs" / METHODS[method] / f"seed{seed}"
+def run_one(cmd: list[str], log_dir: Path, jobs: int) -> None:
     if (log_dir / "done").exists():
         return
-    cmd = command(method, seed, args)
-    print(f"[study] {method} seed {seed}: {' '.join(cmd)}", flush=True)
+    print(f"[study] {' '.join(cmd)}", flush=True)
     start = time.time()
     # Several runs share the machine: one thread each avoids oversubscribing the cores.
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
     subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env=env)
     (log_dir / "done").write_text(f"{time.time() - start:.1f}\n")
-    print(f"[study] {method} seed {seed} done in {time.time() - start:.0f} s", flush=True)
+    print(f"[study] {log_dir.parent.name}/{log_dir.name} done in {time.time() - start:.0f} s", flush=True)
 
 
-def baseline(args: argparse.Namespace) -> dict[str, float]:
-    """Validation metrics of the SFT checkpoint every run starts from (iteration 0 of each curve)."""
-    path = args.out / "sft_baseline.json"
-    if not path.exists():
-        cmd = command(args.methods[0], args.seeds[0], args)
-        cmd[1] = "validate"
-        cmd = [c for c in cmd if not c.startswith(("--trainer.max_epochs", "--trainer.check_val"))]
-        cmd = [c.replace(f"name={METHODS[args.methods[0]]}", "name=sft") for c in cmd]
-        subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-        s = scalars(args.out / "logs" / "sft" / f"seed{args.seeds[0]}")
-        path.write_text(json.dumps({tag: values[-1][2] for tag, values in s.items() if tag.startswith("val/")}))
-    return json.loads(path.read_text())
-
-
-def run_all(args: argparse.Namespace) -> None:
-    runs = [(method, seed) for seed in args.seeds for method in args.methods]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for future in [pool.submit(run_one, method, seed, args) for method, seed in runs]:
+def run_many(runs: list[tuple[list[str], Path]], jobs: int) -> None:
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(run_one, cmd, log_dir, jobs) for cmd, log_dir in runs]:
             future.result()
 
 
 def scalars(log_dir: Path) -> dict[str, list[tuple[int, float, float]]]:
     """tag -> [(step, wall_time, value)] from a run's TensorBoard events."""
-    acc = EventAccumulator(str(log_dir))
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.wall_time, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def curves(args: argparse.Namespace, start: dict[str, float]) -> dict[str, list[dict]]:
-    """Per method, per seed: validation accuracy against steps and seconds (the SFT start at 0),
-    and the time split."""
-    out: dict[str, list[dict]] = {}
-    for method in args.methods:
-        for seed in args.seeds:
-            log_dir = args.out / "logs" / METHODS[method] / f"seed{seed}"
-            if not (log_dir / "done").exists():
-                continue
-            s = scalars(log_dir)
-            t0 = min(w for tag in s.values() for _, w, _ in tag)
-            val = s.get(METRIC, [])
-            out.setdefault(method, []).append(
-                {
-                    "steps": [0] + [step for step, _, _ in val],
-                    "seconds": [0.0] + [w - t0 for _, w, _ in val],
-                    "acc": [start[METRIC]] + [v for _, _, v in val],
-                    "greedy": [start["val/greedy_acc"]] + [v for _, _, v in s.get("val/greedy_acc", [])],
-                    "time": {k: float(np.mean([v for _, _, v in s.get(f"time/{k}", [(0, 0, 0.0)])])) for k in ("generation", "value_estimation", "training", "iteration")},
-                }
-            )
-    return out
+def baseline(args: argparse.Namespace) -> dict[str, float]:
+    """Validation metrics of the SFT checkpoint every run starts from (point 0 of each curve)."""
+    path = args.out / "sft_baseline.json"
+    if not path.exists():
+        cmd = command(args.methods[0], args.seeds[0], None, 1, "sft", args)
+        cmd = [c for c in cmd if not c.startswith(("--trainer.max_epochs", "--trainer.check_val"))]
+        cmd[1] = "validate"
+        subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+        s = scalars(args.out / "logs" / METHODS[args.methods[0]] / "sft")
+        path.write_text(json.dumps({tag: values[-1][2] for tag, values in s.items() if tag.startswith("val/")}))
+    return json.loads(path.read_text())
 
 
-def first_reach(run: dict, target: float, axis: str) -> float | None:
-    for x, acc in zip(run[axis], run["acc"]):
-        if acc >= target:
-            return x
-    return None
+def curve(log_dir: Path, start: dict[str, float]) -> dict:
+    """Validation accuracy against policy optimizer steps and seconds (the SFT start at 0), the
+    time split per iteration and the mean blame statistics of one run."""
+    s = scalars(log_dir)
+    t0 = min(w for tag in s.values() for _, w, _ in tag)
+    updates = dict((step, v) for step, _, v in s.get("train/policy_updates", []))
+    val = s.get(METRIC, [])
+    return {
+        "steps": [0] + [max((u for g, u in updates.items() if g <= step), default=0) for step, _, _ in val],
+        "seconds": [0.0] + [w - t0 for _, w, _ in val],
+        "acc": [start[METRIC]] + [v for _, _, v in val],
+        "greedy": [start["val/greedy_acc"]] + [v for _, _, v in s.get("val/greedy_acc", [])],
+        "time": {k: float(np.mean([v for _, _, v in s[f"time/{k}"]])) for k in PHASES if f"time/{k}" in s},
+        "blame": {k: float(np.nanmean([v for _, _, v in s[f"blame/{k}"]])) for k in ("accuracy", "chance") if f"blame/{k}" in s},
+    }
 
 
-def mean_std(values: list[float]) -> str:
-    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}" if values else "–"
+def sweep(args: argparse.Namespace) -> dict[str, dict]:
+    """Per method: the final validation pass@1 of each swept learning rate, and the chosen one."""
+    runs = [(m, lr) for m in args.methods for lr in args.sweep_lrs]
+    dirs = {(m, lr): args.out / "logs" / METHODS[m] / f"sweep_lr{lr:g}" for m, lr in runs}
+    if not args.report_only:
+        run_many([(command(m, args.seeds[0], lr, args.sweep_iterations, f"sweep_lr{lr:g}", args), dirs[m, lr]) for m, lr in runs], args.jobs)
+    result = {}
+    for m in args.methods:
+        finals = {lr: scalars(dirs[m, lr]).get(METRIC, [(0, 0, float("nan"))])[-1][2] for lr in args.sweep_lrs if (dirs[m, lr] / "done").exists()}
+        best = max(sorted(finals), key=lambda lr: (finals[lr], -lr)) if finals else None
+        result[m] = {"final_pass@1": finals, "chosen": best}
+    return result
 
 
-def report(args: argparse.Namespace) -> None:
+def mean_curve(runs: list[dict], axis: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = min(len(r["acc"]) for r in runs)
+    return np.mean([r[axis][:n] for r in runs], 0), np.mean([r["acc"][:n] for r in runs], 0), np.std([r["acc"][:n] for r in runs], 0)
+
+
+def first_reach(x: np.ndarray, acc: np.ndarray, target: float) -> float | None:
+    return next((float(xi) for xi, a in zip(x, acc) if a >= target - 1e-9), None)
+
+
+def pct(mean: float, spread: float | None = None) -> str:
+    return f"{100 * mean:.1f}" + (f" ± {100 * spread:.1f}" if spread is not None else "")
+
+
+def report(args: argparse.Namespace, chosen: dict[str, dict]) -> None:
     start = baseline(args)
-    data = curves(args, start)
+    data = {}
+    for m in args.methods:
+        lr = chosen.get(m, {}).get("chosen")
+        runs = [args.out / "logs" / METHODS[m] / f"seed{s}" for s in args.seeds]
+        data[m] = [curve(d, start) for d in runs if (d / "done").exists()]
+    data = {m: runs for m, runs in data.items() if runs}
     if not data:
         sys.exit("no finished runs to report")
-    ppo_best = float(np.mean([max(r["acc"]) for r in data["PPO"]])) if "PPO" in data else None
-    rows = [
-        "| method | seeds | final pass@1 % | best pass@1 % | final greedy % | steps to PPO's best | seconds to PPO's best | s/iter generation | s/iter value est. | s/iter training |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for method, runs in data.items():
-        reach_steps = [first_reach(r, ppo_best, "steps") for r in runs] if ppo_best is not None else []
-        reach_secs = [first_reach(r, ppo_best, "seconds") for r in runs] if ppo_best is not None else []
+    targets = {f"{m}'s best": max(mean_curve(data[m], "steps")[1]) for m in ("PPO", "GRPO") if m in data}
+    finals = {m: mean_curve(runs, "steps")[1][-1] for m, runs in data.items()}
+    header = ["method", "lr", "seeds", "final pass@1 %", "best pass@1 %", "final greedy %"]
+    header += [f"{axis} to {t} ({pct(v)} %)" for t, v in targets.items() for axis in ("steps", "seconds")]
+    header += ["blame accuracy", "chance", "s/iter generation", "s/iter scoring", "s/iter value est.", "s/iter training"]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for m, runs in data.items():
+        cells = [m, f"{chosen[m]['chosen']:g}" if chosen.get(m, {}).get("chosen") else "config", str(len(runs)),
+                 pct(np.mean([r["acc"][-1] for r in runs]), np.std([r["acc"][-1] for r in runs])),
+                 pct(np.mean([max(r["acc"]) for r in runs]), np.std([max(r["acc"]) for r in runs])),
+                 pct(np.mean([r["greedy"][-1] for r in runs]), np.std([r["greedy"][-1] for r in runs]))]
+        for target in targets.values():
+            for axis in ("steps", "seconds"):
+                x, acc, _ = mean_curve(runs, axis)
+                hit = first_reach(x, acc, target)
+                cells.append("never" if hit is None else f"{hit:.0f}")
+        blame = [r["blame"] for r in runs if r["blame"]]
+        cells += [f"{np.mean([b['accuracy'] for b in blame]):.2f} ± {np.std([b['accuracy'] for b in blame]):.2f}" if blame else "–",
+                  f"{np.mean([b['chance'] for b in blame]):.2f}" if blame else "–"]
+        cells += [f"{np.mean([r['time'].get(k, 0.0) for r in runs]):.2f}" for k in ("generation", "scoring", "value_estimation", "training")]
+        rows.append("| " + " | ".join(cells) + " |")
 
-        def reach(values: list[float | None]) -> str:
-            hit = [v for v in values if v is not None]
-            return f"{np.median(hit):.0f} ({len(hit)}/{len(values)} seeds)" if hit else f"never (0/{len(values)})"
-
-        t = {k: np.mean([r["time"][k] for r in runs]) for k in runs[0]["time"]}
-        rows.append(
-            f"| {method} | {len(runs)} | {mean_std([r['acc'][-1] for r in runs])} | {mean_std([max(r['acc']) for r in runs])} "
-            f"| {mean_std([r['greedy'][-1] for r in runs if r['greedy']])} | {reach(reach_steps)} | {reach(reach_secs)} "
-            f"| {t['generation']:.2f} | {t['value_estimation']:.2f} | {t['training']:.2f} |"
+    verdict = ""
+    if "VinePPO" in data and {"PPO", "GRPO"} <= set(data):
+        goal_method = max(("PPO", "GRPO"), key=lambda m: finals[m])
+        goal = finals[goal_method]
+        x, acc, _ = mean_curve(data["VinePPO"], "steps")
+        reached = first_reach(x, acc, goal)
+        their_steps = mean_curve(data[goal_method], "steps")[0][-1]
+        highest = all(finals["VinePPO"] >= f - 1e-9 for m, f in finals.items())
+        verdict = (
+            f"\n**The check.** The best of PPO's and GRPO's mean final pass@1 is {goal_method}'s, {pct(goal)} % after "
+            f"{their_steps:.0f} policy steps. VinePPO's mean curve reaches it after "
+            + ("never" if reached is None else f"{reached:.0f} steps ({reached / their_steps:.2f} of theirs)")
+            + f"; VinePPO ends at {pct(finals['VinePPO'])} %, "
+            + ("at least as high as every other method." if highest else "below " + ", ".join(f"{m} ({pct(f)} %)" for m, f in finals.items() if f > finals["VinePPO"]) + ".")
+            + "\n"
         )
-    for axis, label in [("steps", "policy optimizer steps (mini-batches)"), ("seconds", "wall-clock seconds")]:
+    for axis, label in [("steps", "policy optimizer steps"), ("seconds", "wall-clock seconds")]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for method, runs in data.items():
-            n = min(len(r["acc"]) for r in runs)
-            x = np.mean([r[axis][:n] for r in runs], axis=0)
-            y = 100 * np.mean([r["acc"][:n] for r in runs], axis=0)
-            err = 100 * np.std([r["acc"][:n] for r in runs], axis=0)
-            ax.plot(x, y, marker="o", label=method)
-            ax.fill_between(x, y - err, y + err, alpha=0.12)
+        for m, runs in data.items():
+            x, y, err = mean_curve(runs, axis)
+            ax.plot(x, 100 * y, marker="o", label=m)
+            ax.fill_between(x, 100 * (y - err), 100 * (y + err), alpha=0.12)
         ax.set_xlabel(label)
         ax.set_ylabel(f"held-out {METRIC} (%)")
-        ax.set_title(f"Built-in arithmetic task, mean ± std over {len(args.seeds)} seeds")
+        ax.set_title(f"{args.title}: mean ± std over {len(args.seeds)} seeds")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, ncol=2)
         fig.tight_layout()
         fig.savefig(args.out / f"accuracy_vs_{axis}.png", dpi=110)
         plt.close(fig)
+
+    sweep_rows = ""
+    if args.sweep_lrs:
+        sweep_rows = (
+            f"\n**Learning-rate sweep** (seed {args.seeds[0]}, {args.sweep_iterations} iterations; final {METRIC} %; the chosen rate in bold):\n\n"
+            "| method | " + " | ".join(f"lr {lr:g}" for lr in args.sweep_lrs) + " |\n|---|" + "---|" * len(args.sweep_lrs) + "\n"
+            + "\n".join(
+                f"| {m} | " + " | ".join(
+                    (f"**{pct(v['final_pass@1'][lr])}**" if lr == v["chosen"] else pct(v["final_pass@1"][lr])) if lr in v["final_pass@1"] else "–"
+                    for lr in args.sweep_lrs) + " |"
+                for m, v in chosen.items()
+            ) + "\n"
+        )
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
-    commands = "\n".join(" ".join(command(m, s, args)) for m in args.methods for s in args.seeds)
+    commands = "\n".join(" ".join(command(m, s, chosen.get(m, {}).get("chosen"), args.iterations, f"seed{s}", args)) for m in args.methods for s in args.seeds)
     text = (
-        f"# Method study on the built-in task\n\nProduced by `python benchmarks/study.py {' '.join(a for a in sys.argv[1:] if a != '--report-only')}` on {machine}.\n"
-        f"Held-out metric: {METRIC} on {args.num_validation} validation problems, every {args.val_every} iterations; "
-        f"{args.iterations} iterations per run. The SFT checkpoint every run starts from: pass@1 "
-        f"{100 * start[METRIC]:.1f}%, greedy {100 * start['val/greedy_acc']:.1f}% (iteration 0 of every curve). "
-        f"PPO's best = {100 * ppo_best:.1f}% (mean over seeds of each seed's best, iteration 0 included).\n\n"
-        + "\n".join(rows)
-        + "\n\n![accuracy vs steps](accuracy_vs_steps.png)\n![accuracy vs wall-clock](accuracy_vs_seconds.png)\n\n"
+        f"# {args.title}: method study\n\nProduced by `python benchmarks/study.py {' '.join(a for a in sys.argv[1:] if a != '--report-only')}` on {machine}.\n"
+        f"Every run: `{args.config}` plus the method's overlay, {args.iterations} iterations, {METRIC} on {args.num_validation} validation "
+        f"problems every {args.val_every} iterations. The SFT checkpoint every run starts from: pass@1 "
+        f"{pct(start[METRIC])} %, greedy {pct(start['val/greedy_acc'])} % (point 0 of every curve). Accuracies are means ± std "
+        f"over seeds; steps and seconds to a target are where the mean curve first reaches it. Blame accuracy: the share of failed "
+        f"responses whose most negative step advantage is their first wrong step (mean over iterations and seeds; lit_vine/blame.py).\n"
+        + sweep_rows + "\n" + "\n".join(rows) + "\n" + verdict
+        + "\n![accuracy vs steps](accuracy_vs_steps.png)\n![accuracy vs wall-clock](accuracy_vs_seconds.png)\n\n"
         + f"<details><summary>Exact commands</summary>\n\n```\n{commands}\n```\n</details>\n"
     )
     (args.out / "README.md").write_text(text)
-    (args.out / "curves.json").write_text(json.dumps(data))
+    (args.out / "curves.json").write_text(json.dumps({"sweep": chosen, "runs": data}))
     print(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--title", default="Built-in arithmetic task")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--sweep-lrs", nargs="*", type=float, default=[])
+    parser.add_argument("--sweep-iterations", type=int, default=15)
     parser.add_argument("--val-every", type=int, default=5)
     parser.add_argument("--num-validation", type=int, default=200)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "study")
@@ -206,9 +256,11 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     args.out = args.out.resolve()
+    chosen = sweep(args) if args.sweep_lrs else {}
     if not args.report_only:
-        run_all(args)
-    report(args)
+        runs = [(m, s) for s in args.seeds for m in args.methods]
+        run_many([(command(m, s, chosen.get(m, {}).get("chosen"), args.iterations, f"seed{s}", args), args.out / "logs" / METHODS[m] / f"seed{s}") for m, s in runs], args.jobs)
+    report(args, chosen)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from lit_vine.algorithms import GRPO, PPO, RLOO, VCPPO, Algorithm, DPOPlus, Reinforce, RestEM, VinePPO
 from lit_vine.data import SFTDataModule, TaskDataModule
 from lit_vine.rl import RLModule
+from lit_vine.rollout.callback import RolloutCallback
 from lit_vine.rollout.engine import HFEngine, RolloutEngine, SamplingParams
 from lit_vine.sft import SFTModule
 from lit_vine.tasks import ArithmeticTask, DatasetTask, Problem, Task
@@ -21,6 +22,7 @@ __all__ = [
     "HFEngine",
     "Problem",
     "RLModule",
+    "RolloutCallback",
     "RolloutEngine",
     "SFTDataModule",
     "SFTModule",

@@ -14,20 +14,28 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def whiten(x: Tensor, mask: Tensor, eps: float = 1e-8, shift_mean: bool = True) -> Tensor:
-    """``(x - mean) / std`` over the masked entries of the whole batch, pooled across ranks.
-
-    Pooling sums, sums of squares and counts across processes gives exactly the statistics of the
-    concatenated batch, whatever the shard sizes. ``std`` is the population std (divisor N).
-    """
-    stats = torch.stack([(x * mask).sum(), (x * x * mask).sum(), mask.sum()]).double()
+def _pooled(*values: Tensor) -> Tensor:
+    """``values`` (scalars) summed over every process, in float64."""
+    stats = torch.stack(values).double()
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(stats)
-    total, total_sq, count = stats.unbind()
+    return stats
+
+
+def whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """``(x - mean) / sqrt(var + eps)`` over the masked entries, pooled across processes.
+
+    ``var`` is the unbiased variance (divisor N - 1), as in the VinePPO reference, verl and TRL.
+    Two passes in float64 (the mean, then the squared deviations from it), each summed over
+    processes, give exactly the statistics of the concatenated batch and lose no precision when
+    ``|mean| >> std``.
+    """
+    x64, mask64 = x.double(), mask.double()
+    total, count = _pooled((x64 * mask64).sum(), mask64.sum()).unbind()
     mean = total / count.clamp(min=1)
-    var = (total_sq / count.clamp(min=1) - mean**2).clamp(min=0)
-    centred = x - mean.to(x.dtype) if shift_mean else x
-    return (centred / (var.sqrt().to(x.dtype) + eps)) * mask
+    (squares,) = _pooled((((x64 - mean) ** 2) * mask64).sum()).unbind()
+    var = squares / (count - 1).clamp(min=1)
+    return ((x64 - mean) * torch.rsqrt(var + eps)).to(x.dtype) * mask
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:

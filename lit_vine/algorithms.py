@@ -38,22 +38,34 @@ class RolloutContext:
     stats: dict[str, float] = field(default_factory=dict)  # estimator statistics to log
 
 
+Whitening = Literal["batch", "mini_batch", "none"]
+
+
 class Algorithm:
     """Base class. ``uses_critic`` tells the trainer to build and train a value model;
-    ``value_pretrain_iterations`` how many first iterations train the critic alone."""
+    ``value_pretrain_iterations`` how many first iterations train the critic alone; ``whitening``
+    is the advantage whitening its paper's code uses (``RLModule.whiten_advantages`` overrides it);
+    ``min_responses_per_prompt`` the smallest group it is defined for."""
 
     uses_critic: bool = False
     objective: Literal["ppo", "nll", "dpo"] = "ppo"
     value_pretrain_iterations: int = 0
     value_pretrain_patience: int = 1
+    whitening: Whitening = "none"
+    min_responses_per_prompt: int = 1
 
     def advantages(self, rollouts: Rollouts, ctx: RolloutContext) -> tuple[Tensor, Tensor | None]:
         """Per-token advantages ``(B, T)`` and critic targets ``(B, T)`` (``None`` without critic)."""
         raise NotImplementedError
 
+    def training_rows(self, rollouts: Rollouts, advantages: Tensor) -> Tensor:
+        """Indices of the episodes the objective trains on (all, by default)."""
+        return torch.arange(len(rollouts.scores))
+
 
 class PPO(Algorithm):
     """PPO with a learned critic and GAE (the VinePPO paper's baseline: gamma = lambda = 1).
+    Advantages are whitened per PPO mini-batch, as in the VinePPO reference's PPO trainer.
 
     Args:
         gamma: discount.
@@ -63,6 +75,7 @@ class PPO(Algorithm):
     """
 
     uses_critic = True
+    whitening = "mini_batch"
 
     def __init__(self, gamma: float = 1.0, lam: float = 1.0, critic_lam: float | None = None) -> None:
         for name, value in [("gamma", gamma), ("lam", lam), ("critic_lam", critic_lam)]:
@@ -79,7 +92,8 @@ class PPO(Algorithm):
 
 
 class VCPPO(PPO):
-    """Value-calibrated PPO (Yuan et al. 2025): value pretraining, then decoupled GAE.
+    """Value-calibrated PPO (Yuan et al. 2025): value pretraining, then decoupled GAE. Built on
+    verl, which whitens GAE advantages over the whole batch.
 
     Args:
         lam: lambda_actor for the policy's advantages (best in [0.95, 1.0)).
@@ -89,6 +103,8 @@ class VCPPO(PPO):
         value_pretrain_patience: pretraining ends early once the critic's explained variance has
             not improved for this many iterations (more pretraining overfits).
     """
+
+    whitening = "batch"
 
     def __init__(
         self,
@@ -121,20 +137,26 @@ class GroupBaseline(Algorithm):
 
 
 class GRPO(GroupBaseline):
-    """GRPO (Shao et al. 2024): A = (R - mean of the prompt's group) / (std of the group + eps).
+    """GRPO (Shao et al. 2024): A = (R - mean of the prompt's group) / (std of the group + eps),
+    std unbiased, eps 1e-6, no further whitening (as verl's GRPO).
 
     Args:
         normalize_std: divide by the group's std (Dr. GRPO argues for ``False``).
     """
+
+    min_responses_per_prompt = 2  # a group of one has no baseline (and no std)
 
     def __init__(self, normalize_std: bool = True) -> None:
         self.normalize_std = normalize_std
 
 
 class RLOO(GroupBaseline):
-    """REINFORCE leave-one-out (Ahmadian et al. 2024): A = R - mean of the other G-1 responses."""
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): A = R - mean of the other G-1 responses,
+    not whitened (whitening would make it REINFORCE++-baseline and give an all-correct group a
+    non-zero, length-dependent advantage)."""
 
     baseline = "leave_one_out"
+    min_responses_per_prompt = 2
 
 
 class Reinforce(GroupBaseline):
@@ -171,6 +193,10 @@ class RestEM(Algorithm):
         ctx.stats["restem/kept_fraction"] = float(kept.mean())
         return kept[:, None] * rollouts.response_mask, None
 
+    def training_rows(self, rollouts: Rollouts, advantages: Tensor) -> Tensor:
+        """The kept responses only."""
+        return (advantages != 0).any(-1).nonzero().flatten().cpu()
+
 
 class DPOPlus(Algorithm):
     """DPO-Positive (Pal et al. 2024) on (correct, incorrect) pairs of responses to one prompt.
@@ -186,6 +212,7 @@ class DPOPlus(Algorithm):
     """
 
     objective = "dpo"
+    min_responses_per_prompt = 2  # pairs come from one prompt's responses
 
     def __init__(self, beta: float = 0.1, lambda_dpop: float = 50.0, max_pairs_per_prompt: int = 4) -> None:
         check(beta > 0, f"algorithm.beta must be > 0, got {beta}")
@@ -211,20 +238,31 @@ class DPOPlus(Algorithm):
         ctx.stats["dpo/pairs"] = float((sign > 0).sum())
         return sign[:, None] * rollouts.response_mask, None
 
+    def training_rows(self, rollouts: Rollouts, advantages: Tensor) -> Tensor:
+        """(chosen, rejected) pairs side by side."""
+        return torch.tensor([b for pair in self.pairs(rollouts.scores.cpu(), rollouts.group) for b in pair], dtype=torch.long)
+
 
 class VinePPO(Algorithm):
     """VinePPO (Kazemnejad et al. 2024): step values from Monte Carlo rollouts, no critic.
 
+    As in the authors' code: each MC continuation may generate up to ``max_new_tokens`` new tokens
+    from its state (bounded by the model's context), and advantages are whitened per PPO mini-batch.
+
     Args:
         num_mc_rollouts: K continuations sampled from every step boundary (paper: 9).
-        max_steps: states that get an MC estimate per response (paper: 25 for GSM8K); later steps
-            get advantage 0 and their credit goes to the last estimated step.
+        max_step_for_value_estimation: the reference's knob of that name: states s_0..s_c get MC
+            estimates (c + 1 of them; GSM8K: 25, MATH: none); later steps get advantage 0 and
+            their credit goes to the last estimated step. ``None``: every state.
     """
 
-    def __init__(self, num_mc_rollouts: int = 9, max_steps: int = 25) -> None:
+    whitening = "mini_batch"
+
+    def __init__(self, num_mc_rollouts: int = 9, max_step_for_value_estimation: int | None = None) -> None:
         check(num_mc_rollouts >= 1, f"algorithm.num_mc_rollouts (K) must be >= 1, got {num_mc_rollouts}")
-        check(max_steps >= 1, f"algorithm.max_steps must be >= 1, got {max_steps}")
-        self.num_mc_rollouts, self.max_steps = num_mc_rollouts, max_steps
+        check(max_step_for_value_estimation is None or max_step_for_value_estimation >= 0,
+              f"algorithm.max_step_for_value_estimation must be >= 0 or null, got {max_step_for_value_estimation}")
+        self.num_mc_rollouts, self.max_step_for_value_estimation = num_mc_rollouts, max_step_for_value_estimation
 
     def advantages(self, rollouts: Rollouts, ctx: RolloutContext) -> tuple[Tensor, None]:
         start = time.perf_counter()
@@ -235,8 +273,8 @@ class VinePPO(Algorithm):
             ends = step_token_ends(body, ctx.task.split_steps(text), ctx.tokenizer)
             ends[-1] = len(response)  # EOS belongs to the last step
             step_ends.append(ends)
-            # States s_0..s_{n-1}: the prompt, then the prompt plus each finished step.
-            states.append([0] + ends[:-1][: self.max_steps - 1])
+            # States s_0..s_{n-1}: the prompt, then the prompt plus each finished step; at most s_0..s_c.
+            states.append([0] + ends[:-1][: self.max_step_for_value_estimation])
 
         # Identical states (s_0 of every response to a prompt, repeated prefixes) are sampled once.
         unique: dict[tuple[int, ...], int] = {}
@@ -251,12 +289,13 @@ class VinePPO(Algorithm):
         params = ctx.sampling.with_(n=self.num_mc_rollouts)
         continuations = ctx.engine.generate(requests, params, seed=ctx.seed)
 
-        mc_value = []
-        for (b, cut), conts in zip(owners, continuations):
-            prefix = rollouts.response_ids[b][:cut]
-            budget = ctx.sampling.max_new_tokens - cut
-            rewards = [ctx.task.score(prefix + cont[:budget], rollouts.problems[b], ctx.tokenizer)[1] for cont in conts]
-            mc_value.append(sum(rewards) / len(rewards))
+        # Every continuation of the iteration graded in one call (MATH: a pool of memoizing workers).
+        graded = ctx.task.score_many(
+            [(rollouts.response_ids[b][:cut] + cont, rollouts.problems[b]) for (b, cut), conts in zip(owners, continuations) for cont in conts],
+            ctx.tokenizer,
+        )
+        K = self.num_mc_rollouts
+        mc_value = [sum(reward for _, reward in graded[j * K : (j + 1) * K]) / K for j in range(len(owners))]
 
         state_values = []
         for b, cuts in enumerate(states):

@@ -3,11 +3,12 @@
 Lightning's checkpoint already holds the weights (``state_dict``), the optimizers, the loops'
 progress (iteration = epoch, optimizer steps) and the callbacks' state. :func:`save_run_state`
 adds what lives on the :class:`~lit_vine.rl.RLModule`: the adaptive KL coefficient, the value
-pretraining state, the skipped-update counters, every RNG, and, for a checkpoint written in the
-middle of an iteration (SIGTERM / Ctrl+C), that iteration's experience and statistics. The frozen
-reference model is left out (it is rebuilt from ``model.policy``; a fingerprint checks that it is
-the same one). Prompts and rollout seeds are functions of (seed, iteration), so nothing else is
-needed to pick up the next iteration. See docs/robustness.md.
+pretraining state, the skipped-update counters and every RNG; the rollout callback adds, for a
+checkpoint written in the middle of an iteration (SIGTERM / Ctrl+C), that iteration's experience
+and statistics (``lit_vine.rollout.callback``). The frozen reference model is left out (it is
+rebuilt from ``model.policy``; a fingerprint checks that it is the same one). Prompts and rollout
+seeds are functions of (seed, iteration), so nothing else is needed to pick up the next
+iteration. See docs/robustness.md.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import time
-from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lit_vine.errors import ConfigError
 from lit_vine.evaluation import EvalConfig
 from lit_vine.models import TinyConfig
-from lit_vine.experience import Experience
+from lit_vine.schedule import LRSchedule
 
 FORMAT = 1
 REFERENCE_PREFIX = "reference."
@@ -35,7 +34,7 @@ REFERENCE_PREFIX = "reference."
 
 # Hyperparameters hold these dataclasses; allowing them keeps checkpoints loadable with torch.load's
 # default weights_only=True (Lightning's default on resume).
-torch.serialization.add_safe_globals([EvalConfig, TinyConfig])
+torch.serialization.add_safe_globals([EvalConfig, LRSchedule, TinyConfig])
 
 
 def rng_state() -> dict[str, Any]:
@@ -71,7 +70,7 @@ def fingerprint(model: torch.nn.Module) -> list[float]:
     return [total, squares]
 
 
-def _mid_iteration(trainer: Trainer) -> int:
+def mid_iteration(trainer: Trainer) -> int:
     """Mini-batches done in the running iteration when the checkpoint is written inside one, else 0."""
     loop = trainer.fit_loop
     inside = loop.epoch_progress.current.processed < loop.epoch_progress.current.started
@@ -80,28 +79,16 @@ def _mid_iteration(trainer: Trainer) -> int:
 
 def save_run_state(module: LightningModule, checkpoint: dict[str, Any]) -> None:
     """``RLModule.on_save_checkpoint``: add the run's own state; drop the reference weights."""
-    state = {
+    checkpoint["lit_vine"] = {
         "format": FORMAT,
         "iteration": module.current_epoch,
         "kl_coef": module.kl_coef,
         "value_pretraining": dict(module.value_pretraining),
         "update_guard": module.update_guard.state_dict(),
+        "policy_updates": module.policy_updates,
         "rng": rng_state(),
         "reference_fingerprint": fingerprint(module.reference),
     }
-    engine_state = getattr(module.engine, "state_dict", None)
-    if callable(engine_state):
-        state["engine"] = engine_state()
-    done = _mid_iteration(module.trainer) if module._trainer is not None else 0
-    experience = getattr(module, "_experience", None)
-    if done and experience is not None:
-        state["in_iteration"] = {
-            "mini_batches_done": done,
-            "experience": {f.name: getattr(experience, f.name) for f in fields(experience)},
-            "stats": dict(module._stats),
-            "samples": list(module._samples),
-        }
-    checkpoint["lit_vine"] = state
     weights = checkpoint.get("state_dict")
     if weights is not None:
         for key in [k for k in weights if k.startswith(REFERENCE_PREFIX)]:
@@ -126,29 +113,8 @@ def load_run_state(module: LightningModule, checkpoint: dict[str, Any]) -> None:
     module.kl_coef = state["kl_coef"]
     module.value_pretraining = dict(state["value_pretraining"])
     module.update_guard.load_state_dict(state["update_guard"])
+    module.policy_updates = state.get("policy_updates", 0)
     set_rng_state(state["rng"])
-    if "engine" in state and callable(getattr(module.engine, "load_state_dict", None)):
-        module.engine.load_state_dict(state["engine"])
-    inside = state.get("in_iteration")
-    module._resume = None
-    if inside is not None:
-        module._resume = (Experience(**inside["experience"]), inside["mini_batches_done"], inside["stats"], inside["samples"], state["rng"])
-    module._restored = True
-
-
-def take_resumed_experience(module: LightningModule) -> tuple[Experience, int] | None:
-    """For the experience stream: the interrupted iteration's experience and how many of its
-    mini-batches were trained on, once, after a mid-iteration resume; otherwise ``None``."""
-    resumed, module._resume = getattr(module, "_resume", None), None
-    if resumed is None:
-        return None
-    experience, done, stats, samples, rng = resumed
-    # Resuming re-creates the iteration's DataLoader iterator, which draws from the global RNG;
-    # the uninterrupted run drew that before the checkpoint was written: set the saved state again.
-    set_rng_state(rng)
-    module._experience, module._stats, module._samples = experience, dict(stats), list(samples)
-    module._iteration_start = time.perf_counter()
-    return experience, done
 
 
 # ----- checkpoint files --------------------------------------------------------------------------

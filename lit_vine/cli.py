@@ -93,6 +93,9 @@ def main(args: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
     # The frozen reference model is in eval mode on purpose.
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
+    # A colocated vLLM engine initializes torch.distributed in this one process, which makes Lightning
+    # take single-device runs for distributed ones; what RL logs per iteration is synced already.
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     try:
         check_algorithm_flag(sys.argv[1:] if args is None else args)
         LitVineCLI(args)

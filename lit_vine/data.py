@@ -21,9 +21,15 @@ class TaskDataModule(LightningDataModule):
         prompts_per_iteration: prompts rolled out per RL iteration over all ranks (paper: 64).
         eval_batch_size: problems per validation/test batch.
         seed: order in which training prompts are visited.
+        sample_with_replacement: each iteration draws its prompts afresh from the whole training
+            set (distinct within the iteration), as the VinePPO reference does
+            (``dataset_sample_with_replacement``); otherwise passes over the training set visit
+            every problem once, reshuffled each pass.
     """
 
-    def __init__(self, task: Task | None = None, prompts_per_iteration: int = 64, eval_batch_size: int = 64, seed: int = 0) -> None:
+    def __init__(
+        self, task: Task | None = None, prompts_per_iteration: int = 64, eval_batch_size: int = 64, seed: int = 0, sample_with_replacement: bool = False
+    ) -> None:
         super().__init__()
         if prompts_per_iteration < 1:
             raise ValueError(f"data.prompts_per_iteration must be >= 1, got {prompts_per_iteration}")
@@ -31,36 +37,43 @@ class TaskDataModule(LightningDataModule):
             raise ValueError(f"data.eval_batch_size must be >= 1, got {eval_batch_size}")
         self.task = task or ArithmeticTask()
         self.prompts_per_iteration, self.eval_batch_size, self.seed = prompts_per_iteration, eval_batch_size, seed
+        self.sample_with_replacement = sample_with_replacement
 
     def iteration_problems(self, iteration: int, rank: int = 0, world_size: int = 1) -> list[Problem]:
         """This rank's prompts for an iteration: a function of (seed, iteration) alone, so a resumed
-        run continues the same order. Passes over the training set are reshuffled each time; the
-        ranks' shares are disjoint and together are exactly the iteration's prompts."""
-        if self.prompts_per_iteration % world_size:
-            raise ValueError(f"data.prompts_per_iteration ({self.prompts_per_iteration}) must be divisible by the number of processes ({world_size})")
+        run continues the same order. The ranks' shares are disjoint and together are exactly the
+        iteration's prompts."""
+        k = self.prompts_per_iteration
+        if k % world_size:
+            raise ValueError(f"data.prompts_per_iteration ({k}) must be divisible by the number of processes ({world_size})")
         train = self.task.problems("train")
-        n, start = len(train), iteration * self.prompts_per_iteration
-        chosen = []
-        for position in range(start, start + self.prompts_per_iteration):
-            epoch, index = divmod(position, n)
-            order = list(range(n))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-            chosen.append(train[order[index]])
-        return chosen[rank::world_size]
+        n = len(train)
+        if self.sample_with_replacement:
+            if k > n:
+                raise ValueError(f"data.prompts_per_iteration ({k}) exceeds the {n} training problems")
+            chosen = random.Random(f"{self.seed}/iteration/{iteration}").sample(range(n), k)
+        else:
+            chosen, orders = [], {}
+            for position in range(iteration * k, (iteration + 1) * k):
+                epoch, index = divmod(position, n)
+                if epoch not in orders:  # one shuffle per pass over the training set
+                    orders[epoch] = list(range(n))
+                    random.Random(self.seed * 1_000_003 + epoch).shuffle(orders[epoch])
+                chosen.append(orders[epoch][index])
+        return [train[i] for i in chosen][rank::world_size]
 
     def train_dataloader(self) -> DataLoader:
         module, trainer = self.trainer.lightning_module, self.trainer
         per_rank = self.prompts_per_iteration // trainer.world_size
         episodes = per_rank * module.hparams.responses_per_prompt
-        stream = ExperienceStream(
-            collect=lambda: module.make_experience(self.iteration_problems(trainer.current_epoch, trainer.global_rank, trainer.world_size)),
+        # the rollout callback (lit_vine.RolloutCallback) loads each iteration's experience into it
+        self.stream = ExperienceStream(
             num_mini_batches=num_mini_batches(episodes, module.hparams.mini_batch_size),
             ppo_epochs=module.hparams.ppo_epochs,
             shuffle_seed=lambda: module.derived_seed("shuffle"),
             unit=2 if module.algorithm.objective == "dpo" else 1,
-            resume=getattr(module, "take_resumed_experience", None),  # mid-iteration checkpoint (lit_vine/checkpointing.py)
         )
-        return DataLoader(stream, batch_size=None)
+        return DataLoader(self.stream, batch_size=None)
 
     def setup(self, stage: str) -> None:
         # The task learns the policy's tokenizer before serving problems (prompt-length rules).

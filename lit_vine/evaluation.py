@@ -41,13 +41,15 @@ def evaluate(
     records = [{"id": p.id, "question": p.question, "answer": p.answer} for p in problems]
     if config.greedy:
         greedy = engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens), seed)
-        for rec, p, (ids,) in zip(records, problems, greedy):
-            rec["greedy"], reward = task.score(ids, p, tokenizer)
-            rec["greedy_correct"] = reward
+        for rec, (text, reward) in zip(records, task.score_many([(ids, p) for p, (ids,) in zip(problems, greedy)], tokenizer)):
+            rec["greedy"], rec["greedy_correct"] = text, reward
     if config.num_samples:
         params = SamplingParams(config.temperature, config.top_p, max_new_tokens, n=config.num_samples)
-        for rec, p, samples in zip(records, problems, engine.generate(prompts, params, seed + 1)):
-            scored = [task.score(ids, p, tokenizer) for ids in samples]
+        sampled = engine.generate(prompts, params, seed + 1)
+        graded = task.score_many([(ids, p) for p, samples in zip(problems, sampled) for ids in samples], tokenizer)
+        n = config.num_samples
+        for k, rec in enumerate(records):
+            scored = graded[k * n : (k + 1) * n]
             rec["samples"] = [text for text, _ in scored]
             rec["samples_correct"] = [reward for _, reward in scored]
             rec["pass@1"] = sum(rec["samples_correct"]) / len(scored)

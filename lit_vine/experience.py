@@ -91,8 +91,8 @@ class Experience:
 
 
 class ExperienceStream(IterableDataset):
-    """One pass = one RL iteration: collect experience once, then ``ppo_epochs`` shuffled passes
-    of ``num_mini_batches`` mini-batches over it.
+    """One pass = one RL iteration: ``ppo_epochs`` shuffled passes of ``num_mini_batches``
+    mini-batches over the experience the rollout callback loaded for this iteration.
 
     Lightning calls ``iter()`` once per epoch, so one Lightning epoch is one RL iteration.
     ``unit`` consecutive rows stay together (2 for DPO's chosen/rejected pairs). When the
@@ -100,27 +100,27 @@ class ExperienceStream(IterableDataset):
     smaller mini-batches are yielded.
     """
 
-    def __init__(
-        self,
-        collect: Callable[[], Experience],
-        num_mini_batches: int,
-        ppo_epochs: int,
-        shuffle_seed: Callable[[], int],
-        unit: int = 1,
-        resume: Callable[[], tuple[Experience, int] | None] | None = None,
-    ) -> None:
-        self.collect, self.num_mini_batches, self.ppo_epochs = collect, num_mini_batches, ppo_epochs
+    def __init__(self, num_mini_batches: int, ppo_epochs: int, shuffle_seed: Callable[[], int], unit: int = 1) -> None:
+        self.num_mini_batches, self.ppo_epochs = num_mini_batches, ppo_epochs
         self.shuffle_seed, self.unit = shuffle_seed, unit
-        # After a mid-iteration resume: the iteration's saved experience and how many of its
-        # mini-batches were already trained on (the same shuffles are drawn; those are skipped).
-        self.resume = resume
+        self._loaded: tuple[Experience, int] | None = None
+
+    def load(self, experience: Experience, skip: int = 0) -> None:
+        """This iteration's experience; after a mid-iteration resume, ``skip`` mini-batches of it
+        were already trained on (the same shuffles are drawn; those are skipped)."""
+        self._loaded = (experience, skip)
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
 
     def __len__(self) -> int:
         return self.ppo_epochs * self.num_mini_batches
 
     def __iter__(self) -> Iterator[Experience]:
-        resumed = self.resume() if self.resume is not None else None
-        experience, skip = resumed if resumed is not None else (self.collect(), 0)
+        if self._loaded is None:
+            raise RuntimeError("no experience for this RL iteration: trainer.callbacks needs a lit_vine.RolloutCallback (it makes it)")
+        (experience, skip), self._loaded = self._loaded, None
         generator = torch.Generator().manual_seed(self.shuffle_seed())
         units = len(experience) // self.unit
         if units == 0:

@@ -4,33 +4,31 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import select
 import subprocess
 import sys
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+# The text after the last "####" must be one number: "$", thousands commas, a unit or "%" and a
+# final period allowed, nothing else. "#### 42 or 43", "#### 42 + 1", "#### 3/4" hold no answer, so a
+# policy cannot hedge its way to a reward.
+_ONE_NUMBER = re.compile(
+    r"\$?\s*(?P<number>-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+)\s*(?:%|[A-Za-z]+(?:\s+[A-Za-z]+)*)?\s*\.?"
+)
 
 
 def extract_gsm8k_answer(text: str) -> str | None:
-    """The number after the last ``####``, commas and units dropped; ``None`` if there is none."""
+    """The number after the last ``####`` (commas dropped), if that is all there is; else ``None``."""
     head, sep, tail = text.rpartition("####")
-    if not sep:
-        return None
-    match = _NUMBER.search(tail)
-    return match.group().replace(",", "") if match else None
-
-
-def _as_number(text: str) -> Fraction | None:
-    try:
-        return Fraction(text.replace(",", "").strip())
-    except (ValueError, ZeroDivisionError):
-        return None
+    match = _ONE_NUMBER.fullmatch(tail.strip()) if sep else None
+    return match["number"].replace(",", "") if match else None
 
 
 def grade_gsm8k(response: str, answer: str) -> float:
@@ -38,8 +36,10 @@ def grade_gsm8k(response: str, answer: str) -> float:
     predicted = extract_gsm8k_answer(response)
     if predicted is None:
         return 0.0
-    got, want = _as_number(predicted), _as_number(answer)
-    return float(got is not None and want is not None and got == want)
+    try:
+        return float(Fraction(predicted) == Fraction(answer.replace(",", "").strip()))
+    except (ValueError, ZeroDivisionError):
+        return 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,7 +47,9 @@ def grade_gsm8k(response: str, answer: str) -> float:
 
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 # "The answer is $x$." / "final answer is 5" — the fallback when nothing is boxed.
-_ANSWER_IS = re.compile(r"answer is[:\s]*(\$\$?)(.+?)\1|answer is[:\s]*([^\s$][^\n]*?)\.?(?:\s*$|\.\s|\n)", re.I | re.S)
+_ANSWER_IS = re.compile(r"answer is[:\s]*(\$\$?)((?:\\.|[^$\\])+?)\1|answer is[:\s]*([^\s$][^\n]*?)\.?(?:\s*$|\.\s|\n)", re.I | re.S)
+# A numeral with its base ("121_4", "4210_{5}"): math-verify reads it as the bare number.
+_BASE_NUMERAL = re.compile(r"(\d[0-9A-Za-z]*)_\{?(\d+)\}?")
 _NOISE = re.compile(r"\\left|\\right|\\[,;:! ]|\\displaystyle|\s+|\$")
 
 
@@ -84,6 +86,12 @@ def extract_math_answer(text: str) -> str | None:
     return None
 
 
+def base_numeral(answer: str) -> tuple[str, str] | None:
+    """``(digits, base)`` of an answer written as a numeral with a base subscript, else ``None``."""
+    match = _BASE_NUMERAL.fullmatch(normalize_math_answer(answer))
+    return (match[1].upper(), match[2]) if match else None
+
+
 def normalize_math_answer(answer: str) -> str:
     """A light canonical form for cheap string equality: no spaces, ``$``, ``\\left``/``\\right``,
     spacing commands or trailing period, and ``\\dfrac``/``\\tfrac`` read as ``\\frac``."""
@@ -98,88 +106,144 @@ class GraderTimeout(Exception):
 class MathGrader:
     """MATH reward: 1.0 if the response's final answer is equivalent to the reference answer.
 
-    Equal normalized strings are accepted at once (the common case, no sympy). Otherwise
-    math-verify parses and compares both in a worker process, so a pathological expression (a
-    huge expansion, an uninterruptible big-integer power) is killed after ``time_limit`` seconds
-    wherever the caller runs; math-verify's own ``signal.alarm`` timeout works only in the main
-    thread and cannot interrupt C code. A timeout scores 0 and is counted in ``timeouts``. The
-    worker starts on first use (importing sympy takes seconds; that is not charged to a call)
-    and is restarted after a timeout.
+    Equal normalized strings are accepted at once (the common case, no sympy); a numeral with a
+    base must match digits and base. Otherwise math-verify parses and compares both in a worker
+    process, so a pathological expression (a huge expansion, an uninterruptible big-integer power)
+    is killed after ``time_limit`` seconds wherever the caller runs; math-verify's own
+    ``signal.alarm`` timeout works only in the main thread and cannot interrupt C code. A timeout
+    scores 0 and is counted in ``timeouts``.
+
+    Verdicts are memoized per (reference, extracted answer) for the grader's life: the Monte Carlo
+    continuations of an iteration repeat a few answers many times. :meth:`grade_many` sends the
+    comparisons it does not know yet to a pool of ``workers`` processes at once, each under its own
+    time limit. Workers start on first use (importing sympy takes seconds; that is not charged to a
+    comparison) and are restarted after a timeout.
 
     Args:
         time_limit: seconds allowed for one comparison.
+        workers: math-verify processes; ``None``: one per core.
+        memoize: keep verdicts (a timeout's 0 included) for the grader's life.
     """
 
     _STARTUP_LIMIT = 120.0
 
-    def __init__(self, time_limit: float = 5.0) -> None:
+    def __init__(self, time_limit: float = 5.0, workers: int | None = None, memoize: bool = True) -> None:
         if time_limit <= 0:
             raise ValueError(f"grader time_limit must be > 0, got {time_limit}")
-        self.time_limit = time_limit
+        if workers is not None and workers < 1:
+            raise ValueError(f"grader workers must be >= 1, got {workers}")
+        self.time_limit, self.memoize = time_limit, memoize
+        self.workers = workers or os.cpu_count() or 1
         self.timeouts = 0
-        self._worker: subprocess.Popen | None = None
+        self._pool: list[subprocess.Popen | None] = [None] * self.workers
+        self._verdicts: dict[tuple[str, str], bool] = {}
         self._lock = threading.Lock()
 
     def __call__(self, response: str, answer: str) -> float:
-        predicted = extract_math_answer(response)
-        if predicted is None:
-            return 0.0
-        if normalize_math_answer(predicted) == normalize_math_answer(answer):
-            return 1.0
-        try:
-            return float(self.equivalent(answer, predicted))
-        except GraderTimeout:
-            self.timeouts += 1
-            logger.warning("MATH grader: comparison timed out after %.1fs (%d so far)", self.time_limit, self.timeouts)
-            return 0.0
+        return self.grade_many([(response, answer)])[0]
+
+    def grade_many(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """Rewards of ``(response, reference answer)`` pairs, the math-verify comparisons of all of
+        them run together."""
+        rewards: list[float | tuple[str, str]] = []
+        for response, answer in pairs:
+            predicted = extract_math_answer(response)
+            if predicted is None:
+                rewards.append(0.0)
+            elif normalize_math_answer(predicted) == normalize_math_answer(answer):
+                rewards.append(1.0)
+            elif (bases := (base_numeral(predicted), base_numeral(answer))) != (None, None):
+                rewards.append(float(bases[0] == bases[1]))  # same digits in the same base, or wrong
+            else:
+                rewards.append((answer, predicted))
+        keys = list(dict.fromkeys(r for r in rewards if isinstance(r, tuple)))
+        with self._lock:
+            verdicts = self._compare(keys)
+        return [float(verdicts[r]) if isinstance(r, tuple) else r for r in rewards]
 
     def equivalent(self, gold: str, predicted: str) -> bool:
         """math-verify equivalence of two LaTeX answers; raises :class:`GraderTimeout`."""
-        with self._lock:  # one request in flight per worker
-            worker = self._start()
-            worker.stdin.write(json.dumps([gold, predicted]) + "\n")
-            worker.stdin.flush()
-            reply = self._read_line(worker, self.time_limit)
-            if reply is None:
-                self.close()
-                raise GraderTimeout(f"no verdict within {self.time_limit}s")
-            return reply == "1"
+        with self._lock:
+            before = self.timeouts
+            verdict = self._compare([(gold, predicted)])[(gold, predicted)]
+        if self.timeouts > before:
+            raise GraderTimeout(f"no verdict within {self.time_limit}s")
+        return verdict
 
-    def _start(self) -> subprocess.Popen:
-        if self._worker is None or self._worker.poll() is not None:
-            self._worker = subprocess.Popen(
-                [sys.executable, "-u", str(Path(__file__).with_name("_verify_worker.py"))],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            )
-            if self._read_line(self._worker, self._STARTUP_LIMIT) != "ready":
-                self.close()
+    def _compare(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], bool]:
+        """Verdicts for ``(gold, predicted)`` keys: memoized, or from the pool (a timeout is False)."""
+        verdicts = {key: self._verdicts[key] for key in keys if key in self._verdicts}
+        pending = [key for key in keys if key not in verdicts]
+        busy: dict[int, tuple[tuple[str, str], float]] = {}  # worker -> (key, deadline)
+        if pending:
+            self._start(range(min(self.workers, len(pending))))
+        while pending or busy:
+            for w in range(self.workers):
+                if pending and w not in busy:
+                    self._start([w])
+                    key = pending.pop()
+                    self._pool[w].stdin.write(json.dumps(list(key)) + "\n")
+                    self._pool[w].stdin.flush()
+                    busy[w] = (key, time.monotonic() + self.time_limit)
+            wait = max(0.0, min(deadline for _, deadline in busy.values()) - time.monotonic())
+            ready, _, _ = select.select([self._pool[w].stdout for w in busy], [], [], wait)
+            for w in list(busy):
+                key, deadline = busy[w]
+                if self._pool[w].stdout in ready:
+                    line = self._pool[w].stdout.readline().strip()
+                    verdicts[key] = line == "1"
+                    if not line:  # the worker died on it: the next use starts a fresh one
+                        self._stop(w)
+                elif time.monotonic() >= deadline:
+                    verdicts[key] = False
+                    self.timeouts += 1
+                    logger.warning("MATH grader: comparison timed out after %.1fs (%d so far)", self.time_limit, self.timeouts)
+                    self._stop(w)
+                else:
+                    continue
+                del busy[w]
+        if self.memoize:
+            self._verdicts.update(verdicts)
+        return verdicts
+
+    def _start(self, which) -> None:
+        """Start the workers in ``which`` that are not running, all at once (each imports sympy)."""
+        started = []
+        for w in which:
+            if self._pool[w] is None or self._pool[w].poll() is not None:
+                self._pool[w] = subprocess.Popen(
+                    [sys.executable, "-u", str(Path(__file__).with_name("_verify_worker.py"))],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                )
+                started.append(w)
+        for w in started:
+            worker = self._pool[w]
+            ready, _, _ = select.select([worker.stdout], [], [], self._STARTUP_LIMIT)
+            if not ready or worker.stdout.readline().strip() != "ready":
+                self._stop(w)
                 raise RuntimeError("MATH grader: the math-verify worker process failed to start")
-        return self._worker
 
-    @staticmethod
-    def _read_line(worker: subprocess.Popen, limit: float) -> str | None:
-        """The worker's next line, or ``None`` if none arrives within ``limit`` seconds."""
-        ready, _, _ = select.select([worker.stdout], [], [], limit)
-        line = worker.stdout.readline() if ready else ""
-        return line.strip() if line else None
+    def _stop(self, w: int) -> None:
+        if self._pool[w] is not None:
+            self._pool[w].kill()
+            self._pool[w].wait()
+            self._pool[w] = None
 
     def close(self) -> None:
-        """Stop the worker (a later call starts a fresh one)."""
-        if self._worker is not None:
-            self._worker.kill()
-            self._worker.wait()
-            self._worker = None
+        """Stop the workers (a later call starts fresh ones)."""
+        for w in range(self.workers):
+            self._stop(w)
 
     def __getstate__(self) -> dict:
-        # Copies (DDP spawn, deepcopy) get their own worker and lock.
-        return {"time_limit": self.time_limit, "timeouts": self.timeouts}
+        # Copies (DDP spawn, deepcopy) get their own workers, lock and memo.
+        return {"time_limit": self.time_limit, "workers": self.workers, "memoize": self.memoize, "timeouts": self.timeouts}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["time_limit"])
+        self.__init__(state["time_limit"], state["workers"], state["memoize"])
         self.timeouts = state["timeouts"]
 
     def __del__(self) -> None:
-        if getattr(self, "_worker", None) is not None:
+        if getattr(self, "_pool", None):
             self.close()
 
 

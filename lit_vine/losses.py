@@ -9,33 +9,44 @@ import torch.nn.functional as F
 from torch import Tensor
 
 KLEstimator = Literal["k1", "k2", "k3"]
-Aggregation = Literal["token_mean", "seq_mean"]
+Aggregation = Literal["token_mean", "seq_mean", "seq_sum"]
 
 
-def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator) -> Tensor:
+def log_ratio(logprobs: Tensor, other: Tensor, clip: float | None = None) -> Tensor:
+    """``logprobs - other``, clamped to ``[-clip, clip]`` so that ``exp`` of it stays finite (verl: 20)."""
+    diff = logprobs - other
+    return diff if clip is None else diff.clamp(-clip, clip)
+
+
+def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator, log_ratio_clip: float | None = None) -> Tensor:
     """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman, "Approximating KL").
 
-    k1 = log r, k2 = (log r)^2 / 2, k3 = exp(-log r) - 1 + log r, with log r = logp - logp_ref.
-    k3 equals the VinePPO paper's exp(ref - logp) - (ref - logp) - 1: unbiased and never negative.
+    k1 = log r, k2 = (log r)^2 / 2, k3 = exp(-log r) - 1 + log r, with log r = logp - logp_ref
+    (clamped to +-``log_ratio_clip``). k3 equals the VinePPO paper's exp(ref - logp) - (ref - logp) - 1:
+    unbiased and never negative.
     """
-    log_ratio = logprobs - ref_logprobs
+    log_r = log_ratio(logprobs, ref_logprobs, log_ratio_clip)
     if estimator == "k1":
-        return log_ratio
+        return log_r
     if estimator == "k2":
-        return 0.5 * log_ratio**2
+        return 0.5 * log_r**2
     if estimator == "k3":
-        return torch.exp(-log_ratio) - 1 + log_ratio
+        return torch.exp(-log_r) - 1 + log_r
     raise ValueError(f"unknown KL estimator {estimator!r}; expected 'k1', 'k2' or 'k3'")
 
 
 def aggregate(x: Tensor, mask: Tensor, how: Aggregation) -> Tensor:
     """``token_mean``: mean over every real token of the batch; ``seq_mean``: mean per sequence,
-    then over sequences (each response weighs the same whatever its length)."""
+    then over sequences (each response weighs the same whatever its length); ``seq_sum``: sum over
+    each response's tokens, mean over responses (the VinePPO reference's KL term; verl's
+    ``seq-mean-token-sum``)."""
     if how == "token_mean":
         return (x * mask).sum() / mask.sum().clamp(min=1)
     if how == "seq_mean":
         return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
-    raise ValueError(f"unknown loss aggregation {how!r}; expected 'token_mean' or 'seq_mean'")
+    if how == "seq_sum":
+        return (x * mask).sum(-1).mean()
+    raise ValueError(f"unknown loss aggregation {how!r}; expected 'token_mean', 'seq_mean' or 'seq_sum'")
 
 
 def ppo_policy_loss(
@@ -46,18 +57,30 @@ def ppo_policy_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     aggregation: Aggregation = "token_mean",
+    dual_clip: float | None = None,
+    log_ratio_clip: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped surrogate (Schulman et al. 2017, eq. 7): -min(r A, clip(r, 1-eps_low, 1+eps_high) A)."""
-    ratio = torch.exp(logprobs - old_logprobs)
-    unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1 - clip_low, 1 + clip_high) * advantages
-    loss = aggregate(-torch.min(unclipped, clipped), mask, aggregation)
+    """Clipped surrogate (Schulman et al. 2017, eq. 7): -min(r A, clip(r, 1-eps_low, 1+eps_high) A).
+
+    ``dual_clip`` (c > 1, Ye et al. 2020; verl's default 3) also bounds the loss of a negative
+    advantage by -c A, so a token whose ratio exploded cannot dominate the batch.
+    """
+    ratio = torch.exp(log_ratio(logprobs, old_logprobs, log_ratio_clip))
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_low, 1 + clip_high)
+    losses = torch.max(unclipped, clipped)
+    if dual_clip is not None:
+        capped = torch.where(advantages < 0, torch.min(losses, -advantages * dual_clip), losses)
+        dual_clipped, losses = (capped < losses), capped
+    loss = aggregate(losses, mask, aggregation)
     with torch.no_grad():
         stats = {
-            "clip_frac": aggregate((clipped < unclipped).float(), mask, "token_mean"),
+            "clip_frac": aggregate((clipped > unclipped).float(), mask, "token_mean"),
             "ratio": aggregate(ratio, mask, "token_mean"),
             "approx_kl_old": aggregate(0.5 * (logprobs - old_logprobs) ** 2, mask, "token_mean"),
         }
+        if dual_clip is not None:
+            stats["dual_clip_frac"] = aggregate(dual_clipped.float(), mask, "token_mean")
     return loss, stats
 
 

@@ -1,4 +1,4 @@
-"""What SFT and RL share: a policy with its tokenizer, a rollout engine and held-out evaluation."""
+"""What SFT and RL share: a policy with its tokenizer and held-out evaluation with a rollout engine."""
 
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ class PolicyModule(LightningModule):
     """Holds the policy and evaluates it on the datamodule's validation and test problems.
 
     ``validate``/``test`` log greedy accuracy, pass@1 over ``evaluation.num_samples`` samples and
-    maj@n, and write one JSON line per problem to ``<log_dir>/predictions/``.
+    maj@n, and write one JSON line per problem to ``<log_dir>/predictions/``. They sample with the
+    trainer's ``RolloutCallback`` engine, or an ``HFEngine`` when there is none.
     """
 
     def __init__(
         self,
         policy: str,
-        engine: RolloutEngine | None = None,
         max_new_tokens: int = 64,
         evaluation: EvalConfig = EvalConfig(),
         tiny: TinyConfig = TinyConfig(),
@@ -46,8 +46,7 @@ class PolicyModule(LightningModule):
         check(self.context_length is None or max_new_tokens < self.context_length,
               f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the policy's context of {self.context_length} tokens")
         self._long_prompt_ids: set[str] = set()  # prompts cut to fit the context, warned once each
-        self.engine = engine or HFEngine()
-        self.engine.setup(self.policy, self.tokenizer)
+        self._own_engine: HFEngine | None = None
         self.max_new_tokens, self.evaluation, self.seed = max_new_tokens, evaluation, seed
         self.eval_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in self._metric_names()})
         self._records: list[dict] = []
@@ -60,6 +59,19 @@ class PolicyModule(LightningModule):
     @property
     def task(self) -> Task:
         return self.trainer.datamodule.task
+
+    @property
+    def engine(self) -> RolloutEngine:
+        """The rollout callback's engine (``lit_vine.RolloutCallback``), else a private ``HFEngine``."""
+        from lit_vine.rollout.callback import rollout_callback
+
+        callback = rollout_callback(self._trainer)
+        if callback is not None:
+            return callback.engine_for(self)
+        if self._own_engine is None:
+            self._own_engine = HFEngine()
+            self._own_engine.setup(self.policy, self.tokenizer)
+        return self._own_engine
 
     def derived_seed(self, purpose: str) -> int:
         """A seed for one use in one iteration on one rank, stable across restarts."""

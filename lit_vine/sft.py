@@ -10,7 +10,7 @@ from lit_vine.evaluation import EvalConfig
 from lit_vine.models import BUILTIN_TINY, TinyConfig
 from lit_vine.errors import check
 from lit_vine.policy_module import PolicyModule
-from lit_vine.rollout.engine import RolloutEngine
+from lit_vine.schedule import LRSchedule
 
 
 class SFTModule(PolicyModule):
@@ -18,7 +18,8 @@ class SFTModule(PolicyModule):
 
     Args:
         policy: model to fine-tune; ``builtin:tiny`` builds the offline tiny Llama of size ``tiny``.
-        learning_rate, weight_decay, warmup_steps: AdamW with linear warmup then cosine decay.
+        learning_rate, weight_decay: AdamW settings.
+        lr_schedule: warmup and decay over the run's optimizer steps.
         output_dir: where the fine-tuned policy is saved at the end of training.
     """
 
@@ -27,18 +28,17 @@ class SFTModule(PolicyModule):
         policy: str = BUILTIN_TINY,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
-        warmup_steps: int = 100,
+        lr_schedule: LRSchedule = LRSchedule(warmup_steps=100, decay="cosine"),
         output_dir: str = "checkpoints/sft-arith",
-        engine: RolloutEngine | None = None,
         max_new_tokens: int = 64,
         evaluation: EvalConfig = EvalConfig(num_samples=0),
         tiny: TinyConfig = TinyConfig(),
         seed: int = 0,
     ) -> None:
         check(learning_rate > 0, f"learning_rate must be > 0, got {learning_rate}")
-        check(warmup_steps >= 0, f"warmup_steps must be >= 0, got {warmup_steps}")
-        super().__init__(policy, engine, max_new_tokens, evaluation, tiny, seed)
-        self.save_hyperparameters(ignore=["engine"])
+        super().__init__(policy, max_new_tokens, evaluation, tiny, seed)
+        self.save_hyperparameters()
+        self.lr_schedule = lr_schedule  # under LightningCLI, hparams hold it as a dict
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.policy(**batch).loss
@@ -48,15 +48,7 @@ class SFTModule(PolicyModule):
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = torch.optim.AdamW(self.policy.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
-        total = max(1, self.trainer.estimated_stepping_batches)
-
-        def schedule(step: int) -> float:
-            if step < hp.warmup_steps:
-                return (step + 1) / hp.warmup_steps
-            progress = (step - hp.warmup_steps) / max(1, total - hp.warmup_steps)
-            return 0.5 * (1 + torch.cos(torch.tensor(torch.pi * min(1.0, progress)))).item()
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = self.lr_schedule.scheduler(optimizer, max(1, self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_end(self) -> None:

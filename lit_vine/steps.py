@@ -1,5 +1,9 @@
 """Split a response into reasoning steps (VinePPO, Kazemnejad et al. 2024, Sec. 4).
 
+Both rules follow the VinePPO authors' code (McGill-NLP/VinePPO @ efe7228), which produced the
+paper's tables: ``tasks/gsm8k.py`` for lines, ``tasks/math_extract_steps_inplace.py`` for MATH.
+``benchmarks/math_steps.py`` measures how often :func:`split_math` cuts where that code cuts.
+
 Every splitter returns pieces that join back to the input exactly, so a step boundary is a character
 offset into the response; :func:`step_token_ends` maps those offsets onto the sampled token ids.
 """
@@ -8,105 +12,201 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 from transformers import PreTrainedTokenizerBase
 
+GSM8K_ANSWER_PREFIX = "\n#### "
 
-def split_lines(text: str) -> list[str]:
+
+def split_lines(text: str, answer_prefix: str = GSM8K_ANSWER_PREFIX) -> list[str]:
     """GSM8K rule: one step per line.
 
-    Leading empty pieces are merged into the first step and a final ``#### answer`` line into the
-    last step, so the answer line never becomes a state of its own.
-    """
-    pieces = text.splitlines(keepends=True)
-    steps: list[str] = []
-    for piece in pieces:
-        if steps and (not steps[-1].strip() or piece.lstrip().startswith("####")):
-            steps[-1] += piece
-        else:
-            steps.append(piece)
-    return steps
-
-
-# Spans a cut must never enter, in the order tried at each position: asy code, environments,
-# display math, then inline math (``$`` not escaped, content may hold ``\\$``).
-_PROTECTED = re.compile(
-    r"\[asy\].*?\[/asy\]"
-    r"|\\begin\{([A-Za-z*]+)\}.*?\\end\{\1\}"
-    r"|\$\$.*?\$\$"
-    r"|(?<!\\)\\\[.*?\\\]"
-    r"|(?<!\\)\\\(.*?\\\)"
-    r"|(?<!\\)\$(?:\\.|[^$\\])+\$",
-    re.S,
-)
-# Sentence end: a period (not after a one-letter word such as "e.g." or an initial) followed by
-# whitespace and a capital letter. The cut goes after the period: the space starts the next step,
-# as a word-initial space does in most tokenizers.
-_SENTENCE_END = re.compile(r"(?<![\s.][A-Za-z])\.(?=[ \t]+[A-Z])")  # a newline after it is a newline cut
-_PERIOD_ENDINGS = (".", ".$", ".$$", ".\\]", ".\\)")
-_LANGUAGE_CUTS = re.compile(r"(?<=, )|(?= and )|(?<=:)")
-_OPERATOR_CUTS = re.compile(r"(?=[=+<>])")
-MIN_STEP_CHARS, MAX_STEP_CHARS = 20, 100
-
-
-def split_math(text: str) -> list[str]:
-    """MATH rule (VinePPO's reference heuristics): steps end at newlines and sentence ends.
-
-    - A cut never falls inside ``$...$``, ``$$...$$``, ``\\[...\\]``, ``\\(...\\)``,
-      ``\\begin{env}...\\end{env}`` or ``[asy]...[/asy]``; a math span ending in a period
-      (``.$``) followed by a capitalised sentence also ends a step. A run of newlines stays with
-      the step it ends.
-    - A piece shorter than 20 characters that does not end in a period (``.`` / ``.$`` ...) is merged
-      into the next one (the last into the previous), so no step is a stray fragment.
-    - A piece over 100 characters is cut near its middle at ``, `` / `` and `` / ``:`` or, failing
-      those, before a ``=``/``+``/``<``/``>`` outside math, where both halves keep 20 characters;
-      the halves are cut again while they are too long and can be.
+    The newline starts the next step, so a state ``s_i`` ends just before it and the MC rollouts
+    from it begin with the line break; a blank line is a step of its own. Leading blank lines
+    belong to the first step. The answer (from the first ``answer_prefix`` on) and the blank lines
+    before it belong to the last non-blank step, so the answer line is never a state of its own.
     """
     if not text:
         return []
-    spans = [m.span() for m in _PROTECTED.finditer(text)]
-
-    def outside(position: int) -> bool:
-        return not any(start < position < end for start, end in spans)
-
-    cuts = {m.end() for m in re.finditer(r"\n+", text)}
-    cuts |= {m.end() for m in _SENTENCE_END.finditer(text)}
-    cuts |= {b for a, b in spans if text[a:b].endswith(_PERIOD_ENDINGS[1:]) and re.match(r"[ \t]+[A-Z]", text[b:])}
-    bounds = _merge_short(text, [0] + sorted(c for c in cuts if 0 < c < len(text) and outside(c)) + [len(text)])
-    bounds = [bounds[0]] + [c for a, b in zip(bounds, bounds[1:]) for c in _halve_long(text, a, b, outside) + [b]]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    body, prefix, answer = text.partition(answer_prefix)
+    lines = body.split("\n")
+    first = next((i for i, line in enumerate(lines) if line.strip()), 0)
+    lines = ["\n".join(lines[: first + 1])] + lines[first + 1 :]
+    if prefix:
+        last = next((i for i in reversed(range(len(lines))) if lines[i].strip()), 0)
+        lines = lines[:last] + ["\n".join(lines[last:]) + prefix + answer]
+    return [lines[0]] + ["\n" + line for line in lines[1:]]
 
 
-def _ends_sentence(piece: str) -> bool:
-    return piece.rstrip().endswith(_PERIOD_ENDINGS)
+# ----- MATH -----------------------------------------------------------------------------------
+# Math and code are found kind by kind, each kind on the text with the earlier kinds hidden, so a
+# later kind never starts inside an earlier span (it may enclose one: the outer span is kept).
+_MATH_SPANS = tuple(
+    re.compile(pattern, re.S)
+    for pattern in (
+        r"\[asy\].*?\[/asy\]",  # Asymptote code
+        r"\$\\begin\{tabular\}.*?\\end\{tabular\}\$",  # a tabular inside $...$
+        r"\\begin\{tabular\}.*?\\end\{tabular\}",
+        r"\\\(.*?\\\)",
+        r"\\\[.*?\\\]",
+        r"\$\$.*?\$\$",
+        r"(?<!\\)\$.*?[^\\]\$(?!\$)",  # inline math: not \$, at least one character inside
+        r"\\begin\{([^}]*)\}.*?\\end\{\1\}",  # any other environment (align, cases, ...)
+    )
+)
+# The reference hides each span behind a 60-character placeholder and measures the first pass's
+# pieces with it, so a line holding any math counts as at least 60 characters there.
+_HIDDEN = "\ufffc" * 60
+# A sentence end: a period, then whitespace and a capital; not after a one-letter word ("e.g.")
+# or a two-letter one after a space ("Mr.", " is.").
+_SENTENCE_END = re.compile(r"(?<=\.)(?<!\b[A-Za-z]\.)(?<!\s[A-Za-z]{2}\.)(?=\s+[A-Z])")
+_MATH_PERIOD = (".$", ".$$", ".\\)", ".\\]")  # a math span ending a sentence
+_LONE_OPENING = re.compile(r"\$|\$\$|\\\(|\\\[|\\begin\{[^}]*\}|\[asy\]")
+# Where an over-long piece may break, each kind tried in turn, cut after the first `skip` chars:
+# in prose (math hidden, each side >= 40 chars) and anywhere (each side >= 20 chars).
+_PROSE_BREAKS = ((re.compile(","), 1), (re.compile(r"\sand\s"), 4), (re.compile(":"), 1), (re.compile(r"\sto\s"), 3))
+_MATH_BREAKS = tuple(
+    (re.compile(p), n)
+    for p, n in ((r",\$", 2), (r",\\\)", 3), (r",\\\]", 3), ("=", 1), (r"\\equiv", 6), (r"\+", 1), (r"\\cancelto", 9))
+)
+SHORT, TINY, LONG, MIN_PROSE_SIDE, MIN_MATH_SIDE = 20, 3, 100, 40, 20
 
 
-def _merge_short(text: str, bounds: list[int]) -> list[int]:
-    """Drop the boundaries that end a short, period-less piece (it joins the next piece)."""
-    kept = [bounds[0]]
-    for b in bounds[1:-1]:
-        piece = text[kept[-1] : b]
-        if len(piece) >= MIN_STEP_CHARS or _ends_sentence(piece):
-            kept.append(b)
-    last = text[kept[-1] :]
-    if len(kept) > 1 and len(last) < MIN_STEP_CHARS and not _ends_sentence(last):
-        kept.pop()  # nothing follows the last piece: it joins the previous one
-    return kept + [bounds[-1]]
+def split_math(text: str) -> list[str]:
+    """MATH rule (the reference's ``split_solution_inplace``), in four passes:
 
+    1. Cut at newlines (the newline starts the next piece) and sentence ends, never inside math
+       (``$..$``, ``$$..$$``, ``\\(..\\)``, ``\\[..\\]``, environments, ``[asy]..[/asy]``); a piece
+       under 20 characters that does not end in a period joins the next one.
+    2. Cut after a math span that ends in a period (``.$``, ``.$$``, ``.\\)``, ``.\\]``); a piece under
+       20 characters that does not end so joins the next one (the last joins the previous).
+    3. Cut at every newline *inside* math (display math, aligned environments, ``[asy]`` code);
+       a piece that is only an opening delimiter, or under 3 characters, joins the next one.
+    4. Break pieces over 100 characters near their middle: in prose at ``,`` then `` and`` then
+       ``:`` then `` to`` (math hidden, each side >= 40 characters), else anywhere at ``,$`` ...
+       ``=``, ``\\equiv``, ``+`` (each side >= 20), again while they are too long.
 
-def _halve_long(text: str, a: int, b: int, outside: Callable[[int], bool]) -> list[int]:
-    """Cut positions strictly inside ``text[a:b]`` that bring its pieces toward MAX_STEP_CHARS."""
-    if b - a <= MAX_STEP_CHARS:
+    Where the reference fails (nested math, or a whole response under 20 characters that keeps no
+    cut), it drops the response; here it becomes a single step.
+    """
+    if not text:
         return []
-    for pattern in (_LANGUAGE_CUTS, _OPERATOR_CUTS):
-        options = [
-            m.start() for m in pattern.finditer(text, a, b)
-            if a + MIN_STEP_CHARS <= m.start() <= b - MIN_STEP_CHARS and outside(m.start())
-        ]
-        if options:
-            cut = min(options, key=lambda c: abs(2 * c - a - b))
-            return _halve_long(text, a, cut, outside) + [cut] + _halve_long(text, cut, b, outside)
-    return []
+    spans = _math_spans(text)
+    masked, origin = _hide(text, spans)
+    bounds = _sentences_and_lines(masked)
+    bounds = [origin[b] for b in bounds]
+    bounds = _cut_after_math_periods(text, bounds, spans)
+    bounds = _cut_lines_inside_math(text, bounds, spans)
+    bounds = [bounds[0]] + [a + c for a, b in pairwise(bounds) for c in _break_long(text[a:b])[1:]]
+    return [text[a:b] for a, b in pairwise(bounds)]
+
+
+def _math_spans(text: str) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    for pattern in _MATH_SPANS:
+        masked, origin = _hide(text, spans)
+        found = [(origin[m.start()], origin[m.end()]) for m in pattern.finditer(masked)]
+        spans = sorted(found + [(a, b) for a, b in spans if not any(s <= a and b <= e for s, e in found)])
+    return spans
+
+
+def _hide(text: str, spans: list[tuple[int, int]]) -> tuple[str, list[int]]:
+    """``text`` with every span replaced by ``_HIDDEN``, and for each position of the result (and
+    its end) the position in ``text`` it came from (a span's start for its hidden characters)."""
+    pieces, origin, at = [], [], 0
+    for start, end in spans:
+        pieces += [text[at:start], _HIDDEN]
+        origin += list(range(at, start)) + [start] * len(_HIDDEN)
+        at = end
+    pieces.append(text[at:])
+    origin += list(range(at, len(text) + 1))
+    return "".join(pieces), origin
+
+
+def _join_short(bounds: list[int], short: Callable[[int, int], bool], last_too: bool) -> list[int]:
+    """Remove the boundary after each piece ``short(start, end)`` picks, so it joins the next piece
+    (pieces are re-examined after joining); with ``last_too`` a short last piece joins the previous."""
+    bounds = sorted(set(bounds))
+    i = 0
+    while i < len(bounds) - (1 if last_too else 2):
+        if not short(bounds[i], bounds[i + 1]):
+            i += 1
+        elif i < len(bounds) - 2:
+            del bounds[i + 1]
+        elif i > 0:
+            del bounds[i]
+        else:
+            break
+    return bounds
+
+
+def _sentences_and_lines(masked: str) -> list[int]:
+    cuts = {m.start() for m in _SENTENCE_END.finditer(masked)} | {m.start() for m in re.finditer("\n", masked)}
+    piece = lambda a, b: masked[a:b]  # noqa: E731
+    return _join_short([0, *cuts, len(masked)], lambda a, b: not piece(a, b).endswith(".") and b - a < SHORT, last_too=False)
+
+
+def _cut_after_math_periods(text: str, bounds: list[int], spans: list[tuple[int, int]]) -> list[int]:
+    cuts = {end for start, end in spans if text[start:end].endswith(_MATH_PERIOD)}
+    return _join_short(bounds + sorted(cuts), lambda a, b: not text[a:b].endswith(_MATH_PERIOD) and b - a < SHORT, last_too=True)
+
+
+def _cut_lines_inside_math(text: str, bounds: list[int], spans: list[tuple[int, int]]) -> list[int]:
+    cuts = []
+    for a, b in pairwise(bounds):
+        seen = set()  # the reference expands a repeated span of one piece only once: its newlines cut once
+        for start, end in spans:
+            if a <= start and end <= b and text[start:end] not in seen:
+                seen.add(text[start:end])
+                cuts += [start + m.start() for m in re.finditer("\n", text[start:end])]
+    lone = lambda a, b: b - a < TINY or _LONE_OPENING.fullmatch(text[a:b].strip()) is not None  # noqa: E731
+    return _join_short(bounds + cuts, lone, last_too=True)
+
+
+def _break_long(piece: str) -> list[int]:
+    """Boundaries (relative to ``piece``) that break it toward at most 100 characters."""
+    bounds = [0, len(piece)]
+    if len(piece) <= LONG:
+        return bounds
+    # After a break inside math, the reference stops trying prose breaks for pieces starting in
+    # [first math break, end of the piece broken there), both measured from the start of *that*
+    # piece, not of `piece`; kept as it is, since the reference's steps are what we match.
+    math_from, math_to = None, 0
+    i = 0
+    while i < len(bounds) - 1:
+        a, b = bounds[i], bounds[i + 1]
+        cut = None
+        if b - a > LONG:
+            if not (math_from is not None and math_from <= a < math_to):
+                cut = _prose_break(piece[a:b])
+            if cut is None:
+                cut = _best_break(piece[a:b], piece[a:b], _MATH_BREAKS, lambda c: min(c, b - a - c) >= MIN_MATH_SIDE)
+                if cut is not None:
+                    math_from = cut if math_from is None else min(math_from, cut)
+                    math_to = max(math_to, b - a)
+        if cut is None:
+            i += 1
+        else:
+            bounds.insert(i + 1, a + cut)
+    return bounds
+
+
+def _prose_break(part: str) -> int | None:
+    masked, origin = _hide(part, _math_spans(part))
+    cut = _best_break(masked, part, _PROSE_BREAKS, lambda c: min(origin[c], len(part) - origin[c]) >= MIN_PROSE_SIDE)
+    return None if cut is None else origin[cut]
+
+
+def _best_break(searched: str, part: str, kinds, long_enough: Callable[[int], bool]) -> int | None:
+    """The cut of the first kind whose most central match leaves both sides long enough."""
+    for pattern, skip in kinds:
+        cuts = [m.start() + skip for m in pattern.finditer(searched)]
+        if cuts:
+            cut = min(cuts, key=lambda c: abs(2 * c - len(searched)))
+            if long_enough(cut):
+                return cut
+    return None
 
 
 def step_token_ends(
@@ -115,8 +215,10 @@ def step_token_ends(
     """Token count at which each step ends: ``ends[i]`` tokens of the response cover steps 0..i.
 
     A boundary that falls inside a token is moved to the end of that token, so every state
-    ``response_ids[:ends[i]]`` is a prefix the policy actually produced. The last end is always
-    ``len(response_ids)``; ends are strictly increasing (steps that collapse onto one token merge).
+    ``response_ids[:ends[i]]`` is a prefix the policy actually produced (the token belongs to the
+    step it starts in, as in the reference, which gives a token the advantage of its first
+    character). The last end is always ``len(response_ids)``; ends are strictly increasing (steps
+    that collapse onto one token merge).
     """
     n = len(response_ids)
     prefix_len = {0: 0}

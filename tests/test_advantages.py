@@ -53,14 +53,21 @@ def test_values_past_cap_give_zero_advantage_to_late_steps():
     assert torch.allclose(adv, torch.tensor([[-0.25, 0.75, 0.0, 0.0]]))
 
 
-def test_whiten_uses_only_masked_entries():
+def test_whiten_uses_only_masked_entries_and_the_unbiased_variance():
     x = torch.tensor([[1.0, 2.0, 100.0], [3.0, 4.0, -50.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
     out = whiten(x, mask)
-    mean, std = 2.5, math.sqrt(((1.5**2) * 2 + (0.5**2) * 2) / 4)  # population std of 1,2,3,4
-    expected = torch.tensor([[(1 - mean) / std, (2 - mean) / std, 0.0], [(3 - mean) / std, (4 - mean) / std, 0.0]])
-    assert torch.allclose(out, expected, atol=1e-6)
-    assert torch.allclose(whiten(x, mask, shift_mean=False)[0, 0], torch.tensor(1.0 / std), atol=1e-6)
+    mean, var = 2.5, (1.5**2 * 2 + 0.5**2 * 2) / 3  # 1, 2, 3, 4: divisor N - 1, as the reference
+    expected = torch.tensor([[(v - mean) / math.sqrt(var + 1e-8) for v in row] for row in ([1.0, 2.0], [3.0, 4.0])])
+    assert torch.allclose(out[:, :2], expected, atol=1e-6)
+    assert out[0, 2] == 0 and out[1, 2] == 0
+
+
+def test_whiten_keeps_precision_when_the_mean_dwarfs_the_spread():
+    # 1e8 +- 1 in float64: a one-pass E[x^2] - E[x]^2 cancels to 0 here; two passes give var = 2.
+    x = torch.tensor([[1e8 + 1, 1e8 - 1]], dtype=torch.float64)
+    out = whiten(x, torch.ones(1, 2, dtype=torch.float64))
+    assert torch.allclose(out, torch.tensor([[1.0, -1.0]], dtype=torch.float64) / math.sqrt(2), atol=1e-9)
 
 
 def test_grpo_rloo_and_batch_baselines_by_hand():

@@ -104,14 +104,18 @@ def test_stream_keeps_pairs_together_and_handles_small_experience():
         returns=rows.clone(),
         old_values=rows.clone(),
     )
-    stream = ExperienceStream(lambda: exp, num_mini_batches=8, ppo_epochs=2, shuffle_seed=lambda: 0, unit=2)
+    stream = ExperienceStream(num_mini_batches=8, ppo_epochs=2, shuffle_seed=lambda: 0, unit=2)
+    stream.load(exp)
     batches = list(stream)
     assert len(batches) == 2 * 3  # only 3 pairs: 3 mini-batches per epoch, not 8
     for mb in batches:
         first = mb.advantages[:, 0].long().tolist()
         assert first[0] % 2 == 0 and first[1] == first[0] + 1
-    empty = ExperienceStream(lambda: exp.select(torch.tensor([], dtype=torch.long)), 4, 2, lambda: 0)
+    empty = ExperienceStream(4, 2, lambda: 0)
+    empty.load(exp.select(torch.tensor([], dtype=torch.long)))
     assert list(empty) == []
+    with pytest.raises(RuntimeError, match="needs a lit_vine.RolloutCallback"):
+        list(empty)  # each iteration's experience is consumed once
 
 
 def test_decoupled_gae_uses_lambda_actor_for_advantages_and_lambda_critic_for_targets():
@@ -132,3 +136,39 @@ def test_decoupled_gae_uses_lambda_actor_for_advantages_and_lambda_critic_for_ta
     # classic PPO (critic_lam=None) regresses the critic on the lambda-actor returns instead
     _, coupled = PPO(gamma=1.0, lam=0.5).advantages(r, ctx())
     assert torch.allclose(coupled, torch.tensor([[a0 + 0.5, a1 + 0.6, a2 + 0.8]]), atol=1e-6)
+
+
+# ----- each method as its paper's code defines it --------------------------------------------
+from lit_vine import PPO, RLModule, VinePPO  # noqa: E402
+from lit_vine.errors import ConfigError  # noqa: E402
+
+from conftest import REPO  # noqa: E402
+
+SFT = str(REPO / "checkpoints" / "sft-arith")
+
+
+@pytest.mark.parametrize(
+    "algorithm, whitening",
+    [(VinePPO(), "mini_batch"), (PPO(), "mini_batch"), (VCPPO(), "batch"), (GRPO(), "none"), (RLOO(), "none"), (Reinforce(), "none")],
+    ids=lambda x: x if isinstance(x, str) else type(x).__name__,
+)
+def test_each_method_whitens_as_its_papers_code(algorithm, whitening):
+    assert RLModule(policy=SFT, algorithm=algorithm, responses_per_prompt=2).whitening == whitening
+    assert RLModule(policy=SFT, algorithm=algorithm, responses_per_prompt=2, whiten_advantages="batch").whitening == "batch"
+
+
+def test_likelihood_objectives_never_whiten():
+    assert RLModule(policy=SFT, algorithm=RestEM(), whiten_advantages="batch").whitening == "none"
+
+
+@pytest.mark.parametrize("algorithm", [GRPO(), RLOO(), DPOPlus()], ids=lambda a: type(a).__name__)
+def test_group_methods_reject_one_response_per_prompt(algorithm):
+    with pytest.raises(ConfigError, match=f"responses_per_prompt must be >= 2 for {type(algorithm).__name__}"):
+        RLModule(policy=SFT, algorithm=algorithm, responses_per_prompt=1)
+
+
+def test_rloo_gives_an_all_correct_group_zero_advantage():
+    r = rollouts([1.0, 1.0, 1.0, 0.0, 1.0], [0, 0, 0, 1, 1], [2, 5, 3, 4, 1])
+    adv, _ = RLOO().advantages(r, ctx())
+    assert torch.equal(adv[:3], torch.zeros(3, 5))  # whatever the lengths
+    assert adv[3, 0] == -1 and adv[4, 0] == 1

@@ -1,5 +1,7 @@
 """The built-in task: deterministic, disjoint splits; gold solutions grade correct; slips are real."""
 
+import re
+
 from lit_vine.grading import grade_gsm8k
 from lit_vine.steps import split_lines
 from lit_vine.tasks.arithmetic import ArithmeticTask
@@ -65,3 +67,31 @@ def test_shortcuts_drop_the_working_of_a_fraction_of_training_solutions_only():
     # slips and shortcuts are drawn independently: turning one on never moves the other
     both = small(slip_rate=0.4, shortcut_rate=0.5)
     assert [p.solution.startswith("####") for p in both.problems("train")] == [p.solution.startswith("####") for p in terse.problems("train")]
+
+
+def test_quick_steps_are_the_intended_mix_and_wrong_exactly_on_a_carry():
+    from lit_vine.tasks.arithmetic import Chain, apply
+
+    rate = 0.4
+    task = ArithmeticTask(num_train=2000, num_validation=100, num_test=100, operations="+-", min_ops=5, max_ops=8, quick_rate=rate)
+    quick = steps = wrong_quick = carries = 0
+    for p in task.problems("train"):
+        lines = p.solution.splitlines()[:-1]
+        steps += len(lines)
+        for line in lines:
+            if "~" not in line:
+                continue
+            quick += 1
+            a, op, b, written = re.fullmatch(r"(\d+)([+-])(\d+)~(\d+)", line).groups()
+            a, b, written = int(a), int(b), int(written)
+            width = max(len(str(a)), len(str(b)))
+            pairs = [(int(x), int(y)) for x, y in zip(str(a).zfill(width), str(b).zfill(width))]
+            carry = any(x + y >= 10 for x, y in pairs) if op == "+" else any(x < y for x, y in pairs)  # at any digit
+            carries += carry
+            wrong_quick += written != apply(op, a, b)
+            assert (written != apply(op, a, b)) == carry, line  # wrong exactly when there is a carry or borrow
+    # every step is quick with probability `rate` (binomial: 4 standard deviations)
+    assert abs(quick / steps - rate) < 4 * (rate * (1 - rate) / steps) ** 0.5
+    assert wrong_quick == carries > 0.25 * quick  # a good share of quick steps go wrong
+    assert all("~" not in p.solution for split in ("validation", "test") for p in task.problems(split))
+    assert all(5 <= len(Chain.parse(p.question).ops) <= 8 and set(p.question) & set("*") == set() for p in task.problems("train"))

@@ -113,20 +113,20 @@ def test_prompt_longer_than_the_context_is_cut_with_a_warning():
 
 @pytest.mark.parametrize("kind", ["only_eos", "never_stops"])
 def test_degenerate_responses_warn_and_the_run_goes_on(kind):
-    from lit_vine import VinePPO
+    from lit_vine import RolloutCallback, RolloutEngine, VinePPO
     from test_faults import module, run
 
-    m = module(algorithm=VinePPO(num_mc_rollouts=2, max_steps=3), max_new_tokens=12)
+    m = module(algorithm=VinePPO(num_mc_rollouts=2, max_step_for_value_estimation=2), max_new_tokens=12)
     eos, filler = m.tokenizer.eos_token_id, m.tokenizer("1\n").input_ids[-2:]
 
-    def generate(prompts, params, seed):
-        response = [eos] if kind == "only_eos" else (filler * params.max_new_tokens)[: params.max_new_tokens]
-        return [[list(response) for _ in range(params.n)] for _ in prompts]
+    class Degenerate(RolloutEngine):
+        def generate(self, prompts, params, seed):
+            response = [eos] if kind == "only_eos" else (filler * params.max_new_tokens)[: params.max_new_tokens]
+            return [[list(response) for _ in range(params.n)] for _ in prompts]
 
-    m.engine.generate = generate
     expected = "every response is empty" if kind == "only_eos" else "no response stopped within max_new_tokens=12"
     with pytest.warns(UserWarning, match=expected):
-        trainer = run(m)
+        trainer = run(m, callbacks=[RolloutCallback(Degenerate())])
     assert trainer.global_step == 4 and float(trainer.logged_metrics["rollout/reward"]) == 0.0
     assert float(trainer.logged_metrics["rollout/empty" if kind == "only_eos" else "rollout/truncated"]) == 1.0
 

@@ -156,7 +156,7 @@ def test_grader_and_splitter_by_import_path(tmp_path, monkeypatch):
     task = DatasetTask(test=path, grader="custom_reward:mentions_answer", step_splitter="lit_vine.steps.split_math", **MAPPING)
     p = task.problems("test")[0]
     assert task.reward("it is 5 or so", p) == 1.0 and task.reward("it is 6", p) == 0.0
-    assert task.split_steps("First line is long enough here.\nSecond.") == ["First line is long enough here.\n", "Second."]
+    assert task.split_steps("First line is long enough here.\nSecond line is long enough too.") == ["First line is long enough here.", "\nSecond line is long enough too."]
     with pytest.raises(ValueError, match="grader 'nonsense'"):
         DatasetTask(test=path, grader="nonsense", **MAPPING)
 

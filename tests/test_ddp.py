@@ -27,6 +27,7 @@ import torch
 from lightning import Callback
 
 from lit_vine.algorithms import VinePPO
+from lit_vine.rollout.callback import rollout_callback
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_VALIDATION = 5  # odd on purpose: 2 ranks cannot split it evenly
@@ -59,7 +60,8 @@ class RolloutRecorder(Callback):
         if stage != "fit":
             return
         self.initial = {k: v.detach().cpu().clone() for k, v in pl_module.policy.state_dict().items()}
-        algorithm, make_experience = pl_module.algorithm, pl_module.make_experience
+        rollouts = rollout_callback(trainer)
+        algorithm, make_experience = pl_module.algorithm, rollouts.make_experience
         estimate = algorithm.advantages
 
         def recording_advantages(rollouts, ctx):
@@ -67,9 +69,10 @@ class RolloutRecorder(Callback):
             self._raw = (advantages.detach().cpu().clone(), rollouts.response_mask.detach().cpu().clone())
             return advantages, returns
 
-        def recording_make_experience(problems):
-            experience = make_experience(problems)
+        def recording_make_experience(trainer, module):
+            experience = make_experience(trainer, module)
             raw, mask = self._raw
+            problems = trainer.datamodule.iteration_problems(trainer.current_epoch, trainer.global_rank, trainer.world_size)
             self.iterations.append(
                 {
                     "iteration": trainer.current_epoch,
@@ -82,7 +85,7 @@ class RolloutRecorder(Callback):
             return experience
 
         algorithm.advantages = recording_advantages
-        pl_module.make_experience = recording_make_experience
+        rollouts.make_experience = recording_make_experience
 
     def on_fit_end(self, trainer, pl_module) -> None:
         os.makedirs(self.out_dir, exist_ok=True)
@@ -124,8 +127,9 @@ def _run_config(tmp_path: Path, out_dir: Path) -> Path:
                 policy: builtin:tiny
                 algorithm:
                   class_path: test_ddp.NoisyVinePPO
-                  init_args: {{num_mc_rollouts: 2, max_steps: 4}}
+                  init_args: {{num_mc_rollouts: 2, max_step_for_value_estimation: 3}}
                 responses_per_prompt: 2
+                whiten_advantages: batch
                 max_new_tokens: 12
                 ppo_epochs: 1
                 mini_batch_size: 3
@@ -190,12 +194,12 @@ def test_rl_loop_under_ddp_on_two_cpu_processes(tmp_path):
     for it in range(ITERATIONS):
         records = [r["iterations"][it] for r in ranks]
         pooled = torch.cat([rec["raw_advantages"][rec["response_mask"].bool()] for rec in records]).double()
-        mean, std = pooled.mean(), pooled.std(unbiased=False)
+        mean, var = pooled.mean(), pooled.var(unbiased=True)  # divisor N - 1, as the reference
         local_means = [rec["raw_advantages"][rec["response_mask"].bool()].double().mean() for rec in records]
         assert abs(float(local_means[0] - local_means[1])) > 1e-3, "rank batches have equal means: the check would not tell pooled from local"
         for rec in records:
             mask = rec["response_mask"]
-            expected = ((rec["raw_advantages"].double() - mean) / (std + 1e-8) * mask).float()
+            expected = ((rec["raw_advantages"].double() - mean) / (var + 1e-8).sqrt() * mask).float()
             torch.testing.assert_close(rec["whitened"], expected, rtol=1e-4, atol=1e-4)
 
     # (d) validation and test report: every problem exactly once, metrics over all of them.

@@ -66,13 +66,19 @@ def test_presets_parse_and_build_their_data_offline(preset):
     assert (model.evaluation.num_samples, model.evaluation.temperature) == (16, 0.35)
     assert config.trainer.max_epochs == (650 if preset.startswith("gsm8k") else 1000)
     assert config.data.init_args.prompts_per_iteration == 64
+    # the VinePPO reference's training settings (configs/*.yaml name the file of each)
+    assert model.lr_schedule.as_dict() == {"warmup_steps": 0, "warmup_ratio": 0.03, "warmup": "log", "decay": "linear"}
+    assert (model.kl_coef, model.kl_in, model.kl_estimator, model.kl_clip, model.kl_aggregation) == (1e-4, "loss", "k3", 10.0, "seq_sum")
+    assert (model.whiten_advantages, model.max_mean_ratio, model.log_ratio_clip, model.max_new_tokens) == ("mini_batch", 10.0, None, 1024)
+    assert config.data.init_args.sample_with_replacement
 
     parser = ArgumentParser()
     parser.add_argument("--task", type=DatasetTask)
     parser.add_argument("--algorithm", type=Algorithm)
     built = parser.instantiate_classes(parser.parse_object({"task": config.data.init_args.task.as_dict(), "algorithm": model.algorithm.as_dict()}))
     if "vineppo" in preset:
-        assert (built.algorithm.num_mc_rollouts, built.algorithm.max_steps) == (9, 25 if preset.startswith("gsm8k") else 20)
+        # GSM8K: states s_0..s_25; MATH: no cap (ref: polIter_*_vineppo_GSM8K.jsonnet, *_MATH.jsonnet)
+        assert (built.algorithm.num_mc_rollouts, built.algorithm.max_step_for_value_estimation) == (9, 25 if preset.startswith("gsm8k") else None)
     data = TaskDataModule(task=built.task, prompts_per_iteration=64)
     test = data.task.problems("test")
     assert test and len(data.task.problems("validation")) >= 1

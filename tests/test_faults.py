@@ -15,10 +15,10 @@ from lit_vine.faults import NonFiniteError, UpdateGuard
 SFT = str(REPO / "checkpoints" / "sft-arith")
 
 
-def run(module, iterations=1):
+def run(module, iterations=1, callbacks=()):
     data = TaskDataModule(ArithmeticTask(num_train=64, num_validation=2, num_test=2), prompts_per_iteration=2, eval_batch_size=2)
     trainer = Trainer(max_epochs=iterations, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=list(callbacks))
     trainer.fit(module, data)
     return trainer
 
@@ -38,8 +38,8 @@ def test_nan_loss_skips_the_update_and_counts_it():
     m = module()
     original, calls = m._policy_loss, []
 
-    def poisoned(micro):
-        loss, stats = original(micro)
+    def poisoned(micro, share):
+        loss, stats = original(micro, share)
         calls.append(1)
         return (loss * float("nan"), {**stats, "policy_loss": loss.detach() * float("nan")}) if len(calls) == 2 else (loss, stats)
 

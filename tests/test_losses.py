@@ -62,11 +62,37 @@ def test_value_loss_takes_the_larger_of_clipped_and_unclipped():
     assert stats["value_clip_frac"].item() == 1.0
 
 
-def test_token_mean_and_seq_mean_aggregation():
-    x = torch.tensor([[1.0, 1.0, 1.0, 1.0], [5.0, 0.0, 0.0, 0.0]])
+def test_token_mean_seq_mean_and_seq_sum_aggregation():
+    x = torch.tensor([[1.0, 1.0, 1.0, 1.0], [5.0, 7.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
     assert aggregate(x, mask, "token_mean").item() == pytest.approx(9 / 5)
     assert aggregate(x, mask, "seq_mean").item() == pytest.approx((1 + 5) / 2)
+    assert aggregate(x, mask, "seq_sum").item() == pytest.approx((4 + 5) / 2)  # the reference's KL reduction
+
+
+def test_log_ratio_clip_keeps_k3_finite():
+    logp, ref = torch.tensor([-100.0]), torch.tensor([0.0])
+    assert torch.isinf(kl_estimate(logp, ref, "k3"))  # exp(100) overflows float32
+    assert kl_estimate(logp, ref, "k3", log_ratio_clip=20.0).item() == pytest.approx(math.exp(20) - 21, rel=1e-6)
+
+
+def test_dual_clip_caps_the_loss_of_negative_advantages():
+    # ratio 3, A = -1: max(3, 1.2) = 3, dual clip c = 2 caps it at 2; ratio 3, A = +1: max(-3, -1.2) = -1.2
+    old = torch.zeros(1, 2)
+    new = torch.log(torch.tensor([[3.0, 3.0]]))
+    adv, mask = torch.tensor([[-1.0, 1.0]]), torch.ones(1, 2)
+    plain, _ = ppo_policy_loss(new, old, adv, mask)
+    dual, stats = ppo_policy_loss(new, old, adv, mask, dual_clip=2.0)
+    assert plain.item() == pytest.approx((3 - 1.2) / 2)
+    assert dual.item() == pytest.approx((2 - 1.2) / 2)
+    assert stats["dual_clip_frac"].item() == pytest.approx(0.5)
+
+
+def test_ppo_ratio_uses_the_clamped_log_ratio():
+    # log r = 50 clamped to 20: r = e^20, clipped anyway for A > 0; for A < 0 the unclipped term is e^20
+    new, old = torch.tensor([[50.0]]), torch.zeros(1, 1)
+    loss, _ = ppo_policy_loss(new, old, -torch.ones(1, 1), torch.ones(1, 1), log_ratio_clip=20.0)
+    assert loss.item() == pytest.approx(math.exp(20), rel=1e-6)
 
 
 def test_token_logprobs_and_entropy():

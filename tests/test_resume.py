@@ -49,7 +49,7 @@ def make(tmp_path, iterations, callbacks=(), recorder=None):
     torch.manual_seed(0)
     module = RLModule(
         policy=SFT,
-        algorithm=VinePPO(num_mc_rollouts=2, max_steps=2),
+        algorithm=VinePPO(num_mc_rollouts=2, max_step_for_value_estimation=1),
         responses_per_prompt=2,
         max_new_tokens=40,
         learning_rate=1e-3,
@@ -103,7 +103,7 @@ def test_resume_at_iteration_boundary_is_exact(reference, tmp_path):
     ckpt = tmp_path / "ckpt"
     assert {p.name for p in ckpt.glob("*.ckpt")} == {"iter0.ckpt", "iter1.ckpt", "last.ckpt", "best.ckpt"}
     saved = torch.load(ckpt / "last.ckpt", weights_only=False)
-    assert saved["epoch"] == 1 and "in_iteration" not in saved["lit_vine"]  # a boundary checkpoint
+    assert saved["epoch"] == 1 and "in_iteration" not in saved["lit_vine_rollouts"]  # a boundary checkpoint
     assert not any(k.startswith("reference.") for k in saved["state_dict"]), "the reference is rebuilt, not stored"
 
     # The HF export next to a kept checkpoint loads with plain transformers.
@@ -125,7 +125,7 @@ def test_resume_from_sigterm_inside_an_iteration_is_exact(reference, tmp_path):
     with pytest.raises(SystemExit):
         trainer.fit(module, data)
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
-    assert saved["lit_vine"]["in_iteration"]["mini_batches_done"] == 2
+    assert saved["lit_vine_rollouts"]["in_iteration"]["mini_batches_done"] == 2
     first = trainer.logger.rows
     module, data, trainer = make(tmp_path, N)
     trainer.fit(module, data, ckpt_path="last")

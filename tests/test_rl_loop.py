@@ -1,6 +1,7 @@
 """Short RL loops end to end: a policy update happens and the metrics are logged."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from conftest import REPO
 from lit_vine import GRPO, PPO, RLOO, VCPPO, ArithmeticTask, DPOPlus, Reinforce, RestEM, RLModule, TaskDataModule, VinePPO
 from lit_vine.cli import main
 from lit_vine.evaluation import EvalConfig
+from lit_vine.experience import Experience, pad_batch
 
 SFT = str(REPO / "checkpoints" / "sft-arith")
 
@@ -175,3 +177,41 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_trains(tmp_path):
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
     trainer, module, policy_before, _ = tiny_run(PPO(), tmp_path, iterations=1, gradient_checkpointing=True)
     assert changed(module.policy, policy_before)
+
+
+def test_mini_batch_whitening_standardizes_each_mini_batch(tmp_path, monkeypatch):
+    """PPO (the reference whitens per mini-batch): every mini-batch's advantages have mean 0 and
+    unbiased std 1 over its tokens; without whitening they are the estimator's raw values."""
+    seen = []
+    original = RLModule._policy_loss
+
+    def spy(self, micro, share):
+        seen.append((micro.advantages.clone(), micro.response_mask.clone()))
+        return original(self, micro, share)
+
+    monkeypatch.setattr(RLModule, "_policy_loss", spy)
+    tiny_run(PPO(), tmp_path, iterations=1, mini_batch_size=8, micro_batch_size=8)
+    assert len(seen) == 4  # 16 episodes, mini-batches of 8, 2 PPO epochs
+    for adv, mask in seen:
+        values = adv[mask.bool()].double()
+        assert abs(float(values.mean())) < 1e-5 and abs(float(values.std()) - 1) < 1e-4
+
+
+def test_kl_term_is_the_references(tmp_path):
+    """kl_aggregation=seq_sum, kl_clip=10: coef x mean over responses of the per-token k3 clamped to
+    [0, 10] and summed over the response, worked out by hand from chosen log-ratios."""
+    module = RLModule(policy=SFT, kl_coef=0.5, kl_aggregation="seq_sum", kl_clip=10.0, entropy_coef=0.0)
+    tok = module.tokenizer
+    prompts = [tok("Compute 1 +2 from left to right.\n").input_ids] * 2
+    responses = [tok("1+2=3\n#### 3", add_special_tokens=False).input_ids, tok("#### 3", add_special_tokens=False).input_ids]
+    ids, attention, mask = pad_batch(prompts, responses, tok.pad_token_id)
+    T = mask.shape[1]
+    logprobs = module.sequence_logprobs(module.policy, ids, attention, T)
+    delta = torch.zeros_like(logprobs)  # log pi - log pi_ref per token
+    delta[0, 0], delta[0, 1], delta[1, 0] = 3.0, -3.0, 1.0
+    batch = Experience(ids, attention, mask, logprobs, logprobs - delta, torch.zeros_like(mask), torch.zeros_like(mask), torch.zeros_like(mask))
+    loss, stats = module._policy_loss(batch, {"token_mean": 1.0, "seq_mean": 1.0, "seq_sum": 1.0})
+    k3 = lambda d: math.exp(-d) - 1 + d  # noqa: E731
+    expected = (k3(3.0) + min(k3(-3.0), 10.0) + k3(1.0)) / 2  # k3(-3) = 16.09 is clamped to 10
+    assert float(stats["kl_ref"]) == pytest.approx(expected, rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(0.5 * expected, rel=1e-4)  # A = 0: only the KL term

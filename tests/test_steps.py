@@ -1,18 +1,25 @@
 from lit_vine.steps import split_lines, step_token_ends
 
 
-def test_split_lines_gsm8k_rules():
+def test_split_lines_newline_starts_the_next_step():
     text = "\n\nA=1\nB=2\n#### 3"
-    steps = split_lines(text)
-    # leading empty pieces merge into the first step, the answer line into the last
-    assert steps == ["\n\nA=1\n", "B=2\n#### 3"]
-    assert "".join(steps) == text
+    # leading blank lines belong to the first step; the answer to the last; "\n" opens a step
+    assert split_lines(text) == ["\n\nA=1", "\nB=2\n#### 3"]
+
+
+def test_split_lines_blank_line_is_a_step_of_its_own():
+    assert split_lines("A=1\n\nB=2\n#### 3") == ["A=1", "\n", "\nB=2\n#### 3"]
+
+
+def test_split_lines_blank_lines_before_the_answer_join_the_last_step():
+    assert split_lines("A=1\nB=2\n\n#### 3") == ["A=1", "\nB=2\n\n#### 3"]
 
 
 def test_split_lines_single_and_empty():
     assert split_lines("") == []
-    assert split_lines("#### 5") == ["#### 5"]
-    assert split_lines("x\n") == ["x\n"]
+    assert split_lines("#### 5") == ["#### 5"]  # no "\n#### ": the answer line is the only step
+    assert split_lines("x\n") == ["x", "\n"]
+    assert split_lines("A=1\n#### 1\n#### 2") == ["A=1\n#### 1\n#### 2"]  # the first answer prefix counts
 
 
 def test_step_token_ends_on_real_tokenizer(tiny):
@@ -23,8 +30,8 @@ def test_step_token_ends_on_real_tokenizer(tiny):
     ends = step_token_ends(ids, steps, tok)
     assert len(ends) == 3 and ends[-1] == len(ids)
     decoded = [tok.decode(ids[:e]) for e in ends]
-    # each state is exactly the text of the steps so far
-    assert decoded == ["21-2=19\n", "21-2=19\n19*5=95\n", response]
+    # each state is exactly the text of the steps so far: it ends before the line break
+    assert decoded == ["21-2=19", "21-2=19\n19*5=95", response]
 
 
 def test_step_token_ends_boundary_inside_a_token_moves_to_token_end(tiny):

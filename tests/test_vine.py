@@ -1,5 +1,6 @@
 """VinePPO's estimator on a fake engine whose continuations are known, so values are exact."""
 
+import pytest
 import torch
 
 from lit_vine.algorithms import RolloutContext, VinePPO
@@ -31,7 +32,8 @@ class LineTask(Task):
 
 
 class ScriptedEngine(RolloutEngine):
-    """Continues a prefix with a fixed table: half of the K samples from a 'good' state succeed."""
+    """Continues a prefix with a fixed table (the j-th sample is entry j mod len), then ends with
+    EOS; like a real engine, it stops a continuation after ``params.max_new_tokens`` tokens."""
 
     def __init__(self, table):
         self.table, self.calls = table, []
@@ -40,9 +42,8 @@ class ScriptedEngine(RolloutEngine):
         self.calls.append((len(prompts), params.n))
         out = []
         for p in prompts:
-            text = CharTokenizer().decode(p)
-            conts = self.table[text]
-            out.append([[ord(ch) for ch in conts[j % len(conts)]] + [EOS] for j in range(params.n)])
+            conts = self.table[CharTokenizer().decode(p)]
+            out.append([([ord(ch) for ch in conts[j % len(conts)]] + [EOS])[: params.max_new_tokens] for j in range(params.n)])
         return out
 
 
@@ -72,48 +73,62 @@ def make_rollouts(prompt, responses, scores):
     )
 
 
+def context(engine, max_new_tokens=32):
+    return RolloutContext(engine, CharTokenizer(), LineTask(), SamplingParams(max_new_tokens=max_new_tokens), seed=0)
+
+
 def test_vine_mc_values_advantages_and_dedup():
-    prompt = "Q\n"
-    # Two responses share their first step "a\n" -> the states s_0 and s_1 = "a\n" are shared.
+    # Steps of "a\nb\nz": "a", "\nb", "\nz" (the newline opens a step), so the states are
+    # "Q\n", "Q\na", "Q\na\nb". The two responses share s_0 and s_1.
     responses = ["a\nb\nz", "a\nd\nx"]
     table = {
         "Q\n": ["a\nb\nz", "a\nd\nx"],  # V(s_0) = 1/2
-        "Q\na\n": ["b\nz", "b\nz", "d\nx", "d\nx"],  # V(s_1) = 1/2
-        "Q\na\nb\n": ["z"],  # V = 1
-        "Q\na\nd\n": ["x"],  # V = 0
+        "Q\na": ["\nb\nz", "\nb\nz", "\nd\nx", "\nd\nx"],  # V(s_1) = 1/2
+        "Q\na\nb": ["\nz"],  # V = 1
+        "Q\na\nd": ["\nx"],  # V = 0
     }
     engine = ScriptedEngine(table)
-    ctx = RolloutContext(engine, CharTokenizer(), LineTask(), SamplingParams(max_new_tokens=32), seed=0)
-    rollouts = make_rollouts(prompt, responses, [1.0, 0.0])
-    adv, returns = VinePPO(num_mc_rollouts=4).advantages(rollouts, ctx)
+    ctx = context(engine)
+    adv, returns = VinePPO(num_mc_rollouts=4).advantages(make_rollouts("Q\n", responses, [1.0, 0.0]), ctx)
     assert returns is None
     # All MC requests go to the engine in one batch, each unique state once: 4 states, not 6.
     assert engine.calls == [(4, 4)]
     assert ctx.stats["vine/mc_requests"] == 4 and ctx.stats["vine/mc_dedup_saved"] == 2
-    # Episode 0 steps: "a\n"(2 tokens) "b\n"(2) "z"+EOS(2): A = [0.5-0.5, 1-0.5, 1+0-1]
-    assert torch.allclose(adv[0, :6], torch.tensor([0.0, 0.0, 0.5, 0.5, 0.0, 0.0]))
-    # Episode 1: A = [0, 0 - 0.5, 0 + 0 - 0]
-    assert torch.allclose(adv[1, :6], torch.tensor([0.0, 0.0, -0.5, -0.5, 0.0, 0.0]))
+    # Episode 0, tokens "a" | "\n" "b" | "\n" "z" EOS: A = [1/2 - 1/2, 1 - 1/2, 1 + 0 - 1]
+    assert torch.allclose(adv[0, :6], torch.tensor([0.0, 0.5, 0.5, 0.0, 0.0, 0.0]))
+    # Episode 1: A = [0, 0 - 1/2, 0 + 0 - 0]
+    assert torch.allclose(adv[1, :6], torch.tensor([0.0, -0.5, -0.5, 0.0, 0.0, 0.0]))
 
 
-def test_vine_max_steps_caps_estimated_states():
-    prompt = "Q\n"
-    table = {"Q\n": ["a\nb\nz", "q"], "Q\na\n": ["b\nz"]}
+@pytest.mark.parametrize("cap, states", [(0, 1), (1, 2), (2, 3), (5, 3), (None, 3)])
+def test_vine_cap_estimates_states_s0_to_sc(cap, states):
+    # As the reference's max_step_for_value_estimation = c: states s_0..s_c, c + 1 of them (at most n).
+    table = {"Q\n": ["a\nb\nz"], "Q\na": ["\nb\nz"], "Q\na\nb": ["\nz"]}
     engine = ScriptedEngine(table)
-    ctx = RolloutContext(engine, CharTokenizer(), LineTask(), SamplingParams(max_new_tokens=32), seed=0)
-    rollouts = make_rollouts(prompt, ["a\nb\nz"], [1.0])
-    adv, _ = VinePPO(num_mc_rollouts=2, max_steps=2).advantages(rollouts, ctx)
-    # States s_0 (V=1/2), s_1 (V=1) estimated; s_2 past the cap gets V = R = 1, so A_2 = 0.
-    assert engine.calls == [(2, 2)]
-    assert torch.allclose(adv[0, :6], torch.tensor([0.5, 0.5, 0.0, 0.0, 0.0, 0.0]))
+    VinePPO(num_mc_rollouts=1, max_step_for_value_estimation=cap).advantages(make_rollouts("Q\n", ["a\nb\nz"], [1.0]), context(engine))
+    assert engine.calls == [(states, 1)]
+
+
+def test_vine_states_past_the_cap_get_zero_advantage():
+    table = {"Q\n": ["a\nb\nz", "q"], "Q\na": ["\nb\nz"]}
+    engine = ScriptedEngine(table)
+    adv, _ = VinePPO(num_mc_rollouts=2, max_step_for_value_estimation=1).advantages(make_rollouts("Q\n", ["a\nb\nz"], [1.0]), context(engine))
+    # V(s_0) = 1/2, V(s_1) = 1 estimated; V(s_2) past the cap is filled with R = 1, so A_2 = 0.
+    assert torch.allclose(adv[0, :6], torch.tensor([0.5, 0.0, 0.0, 0.0, 0.0, 0.0]))
+
+
+def test_vine_continuations_get_max_new_tokens_from_every_state():
+    # From s_2 = "Q\na\nb" (3 response tokens in), the continuation "\nw\nz" + EOS needs 5 new
+    # tokens: within max_new_tokens = 6 (the reference's budget), though 3 + 5 > 6.
+    table = {"Q\n": ["a\nb\nz"], "Q\na": ["\nb\nz"], "Q\na\nb": ["\nw\nz"]}
+    adv, _ = VinePPO(num_mc_rollouts=1).advantages(make_rollouts("Q\n", ["a\nb\nz"], [1.0]), context(ScriptedEngine(table), 6))
+    # every state has value 1 and R = 1: all advantages are 0
+    assert torch.allclose(adv[0, :6], torch.zeros(6))
 
 
 def test_vine_truncated_continuations_score_zero():
-    # an MC continuation that would be correct but exceeds the token budget counts as unfinished
+    # an MC continuation that would be correct but runs out of new tokens is unfinished: reward 0
     table = {"Q\n": ["a\nb\nz"]}
-    engine = ScriptedEngine(table)
-    ctx = RolloutContext(engine, CharTokenizer(), LineTask(), SamplingParams(max_new_tokens=3), seed=0)
-    rollouts = make_rollouts("Q\n", ["z"], [1.0])
-    adv, _ = VinePPO(num_mc_rollouts=1).advantages(rollouts, ctx)
+    adv, _ = VinePPO(num_mc_rollouts=1).advantages(make_rollouts("Q\n", ["z"], [1.0]), context(ScriptedEngine(table), 3))
     # V(s_0) = 0 because the continuation was cut at 3 tokens; A_0 = 1 - 0
     assert torch.allclose(adv[0, :2], torch.tensor([1.0, 1.0]))

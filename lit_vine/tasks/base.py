@@ -61,8 +61,27 @@ class Task:
         """The final answer written in ``response`` (for majority voting); ``None`` if none."""
         raise NotImplementedError
 
+    checks_steps: bool = False  # tasks that can tell which step of a response went wrong
+
+    def first_wrong_step(self, response: str, problem: Problem) -> int | None:
+        """Index of the first wrong step of ``response`` (in ``split_steps`` order), ``None`` if all
+        are right. Only for tasks with ``checks_steps``; ``lit_vine.blame`` uses it."""
+        raise NotImplementedError
+
+    def rewards(self, responses: Sequence[str], problems: Sequence[Problem]) -> list[float]:
+        """Rewards of finished responses: :meth:`reward` of each under the task's error policy; a
+        task with a batched grader grades them together."""
+        return [guarded_reward(self, text, problem) for text, problem in zip(responses, problems)]
+
     def score(self, response_ids: Sequence[int], problem: Problem, tokenizer: PreTrainedTokenizerBase) -> tuple[str, float]:
         """Decode a sampled response and grade it; a response cut off before EOS scores 0."""
-        text = tokenizer.decode(response_ids, skip_special_tokens=True)
-        finished = len(response_ids) > 0 and response_ids[-1] == tokenizer.eos_token_id
-        return text, (guarded_reward(self, text, problem) if finished else 0.0)
+        return self.score_many([(response_ids, problem)], tokenizer)[0]
+
+    def score_many(self, episodes: Sequence[tuple[Sequence[int], Problem]], tokenizer: PreTrainedTokenizerBase) -> list[tuple[str, float]]:
+        """:meth:`score` of many sampled responses, the finished ones graded in one :meth:`rewards` call."""
+        texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in episodes]
+        finished = [i for i, (ids, _) in enumerate(episodes) if len(ids) > 0 and ids[-1] == tokenizer.eos_token_id]
+        rewards = [0.0] * len(episodes)
+        for i, reward in zip(finished, self.rewards([texts[i] for i in finished], [episodes[i][1] for i in finished])):
+            rewards[i] = reward
+        return list(zip(texts, rewards))

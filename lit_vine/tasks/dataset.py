@@ -13,7 +13,7 @@ import importlib
 import logging
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
@@ -239,6 +239,11 @@ class DatasetTask(Task):
         if self.grader_name == "math":
             return self._math_grader(response, problem.answer)
         return grade_gsm8k(response, problem.answer)
+
+    def rewards(self, responses: Sequence[str], problems: Sequence[Problem]) -> list[float]:
+        if self._grader is None and self.grader_name == "math":  # one batched call to the worker pool
+            return self._math_grader.grade_many([(text, p.answer) for text, p in zip(responses, problems)])
+        return super().rewards(responses, problems)
 
     @property
     def grader_timeouts(self) -> int:

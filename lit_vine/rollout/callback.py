@@ -1,0 +1,215 @@
+"""The rollout callback: owns the rollout engine and makes every RL iteration's experience."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+from typing import Any
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lit_vine.advantages import masked_mean, whiten
+from lit_vine.algorithms import RolloutContext
+from lit_vine.blame import blame_statistics
+from lit_vine.checkpointing import mid_iteration, rng_state, set_rng_state
+from lit_vine.experience import Experience, Rollouts, pad_batch
+from lit_vine.faults import check_responses
+from lit_vine.rollout.engine import HFEngine, RolloutEngine
+
+CHECKPOINT_KEY = "lit_vine_rollouts"
+
+
+class RolloutCallback(Callback):
+    """Samples with the rollout engine and turns each RL iteration's samples into experience.
+
+    One Lightning epoch is one RL iteration. At its start this callback samples
+    ``responses_per_prompt`` responses to the iteration's prompts, scores them with the task, has
+    the LightningModule score their tokens (old and reference log-probs, critic values), lets the
+    module's algorithm turn them into advantages (VinePPO's MC rollouts use this engine too) and
+    loads the experience into the DataModule's stream; the engine then sleeps while the trainer
+    trains (vLLM sleep mode), and at the end of the iteration it gets the new weights. Validation
+    and test sample with the same engine (``PolicyModule.engine``). Configured under
+    ``trainer.callbacks``::
+
+        callbacks:
+          - class_path: lit_vine.RolloutCallback
+            init_args:
+              engine: {class_path: lit_vine.rollout.vllm.VLLMEngine, init_args: {dtype: float32}}
+
+    An ``RLModule`` trained without one gets ``RolloutCallback()`` (``HFEngine``).
+
+    Args:
+        engine: ``HFEngine`` (default; transformers, everywhere) or ``VLLMEngine``.
+    """
+
+    def __init__(self, engine: RolloutEngine | None = None) -> None:
+        self.engine = engine or HFEngine()
+        self._policy = None  # the policy object the engine was set up with
+        self._stats: dict[str, float] = {}
+        self._samples: list[str] = []
+        self._experience: Experience | None = None  # this iteration's, kept for a mid-iteration checkpoint
+        self._start = 0.0
+        self._resumed: dict[str, Any] | None = None
+        self._restored = False
+
+    # ----- lifecycle -----------------------------------------------------------------------------
+    def engine_for(self, pl_module: LightningModule) -> RolloutEngine:
+        """The engine, set up with the module's policy as it is now: a strategy (FSDP) may have
+        wrapped it since the last use, and the engine must gather through the wrapper."""
+        if self._policy is not pl_module.policy:
+            self.engine.setup(pl_module.policy, pl_module.tokenizer)
+            self._policy = pl_module.policy
+        return self.engine
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.engine.close()
+        self._policy = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._restored:  # the engine samples from the restored weights (vLLM holds its own copy)
+            self.engine_for(pl_module).sync_weights(pl_module.policy)
+        if self._resumed is not None:
+            # A mid-iteration resume: Lightning does not start that epoch again, so the saved
+            # experience goes to the stream here. Creating the epoch's DataLoader iterator drew from
+            # the global RNG, which the uninterrupted run had drawn before the checkpoint: set it again.
+            state, self._resumed = self._resumed, None
+            self._experience = Experience(**state["experience"])
+            self._stats, self._samples = dict(state["stats"]), list(state["samples"])
+            self._start = time.perf_counter()
+            trainer.datamodule.stream.load(self._experience, skip=state["mini_batches_done"])
+            set_rng_state(state["rng"])
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.datamodule.stream.loaded:
+            self._start = time.perf_counter()
+            self._experience = self.make_experience(trainer, pl_module)
+            trainer.datamodule.stream.load(self._experience)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The iteration is over: log its statistics and hand the new weights to the engine."""
+        stats = self._stats
+        stats["time/iteration"] = time.perf_counter() - self._start
+        stats["time/training"] = stats["time/iteration"] - sum(stats.get(f"time/{k}", 0.0) for k in ("generation", "scoring", "value_estimation"))
+        pl_module.log_dict(stats, sync_dist=True, prog_bar=False)
+        pl_module.log("reward", stats["rollout/reward"], prog_bar=True, sync_dist=True)
+        if isinstance(pl_module.logger, TensorBoardLogger) and trainer.is_global_zero:
+            pl_module.logger.experiment.add_text("samples", "\n\n---\n\n".join(self._samples), trainer.current_epoch)
+        pl_module.update_kl_coef(stats["rollout/kl_ref"] * stats["rollout/response_length"])
+        self.engine_for(pl_module).sync_weights(pl_module.policy)
+        engine_metrics = self.engine.metrics()  # e.g. the vLLM weight-sync probe
+        if engine_metrics:
+            pl_module.log_dict(engine_metrics, sync_dist=True, reduce_fx="max")
+
+    # ----- one iteration's experience -------------------------------------------------------------
+    def make_experience(self, trainer: Trainer, module: LightningModule) -> Experience:
+        """Generate -> reward -> log-probs (and values) -> advantages, for this rank's prompts."""
+        hp, task, tokenizer = module.hparams, trainer.datamodule.task, module.tokenizer
+        problems = trainer.datamodule.iteration_problems(trainer.current_epoch, trainer.global_rank, trainer.world_size)
+        start = time.perf_counter()
+        prompts = [module.encode_prompt(p) for p in problems]
+        engine = self.engine_for(module)
+        sampled = engine.generate(prompts, module.sampling.with_(n=hp.responses_per_prompt), seed=module.derived_seed("rollout"))
+        episodes = [(i, ids) for i, group in enumerate(sampled) for ids in group]
+        scored = task.score_many([(ids, problems[i]) for i, ids in episodes], tokenizer)
+        generated = time.perf_counter()
+
+        input_ids, attention_mask, response_mask = (
+            x.to(module.device) for x in pad_batch([prompts[i] for i, _ in episodes], [ids for _, ids in episodes], tokenizer.pad_token_id)
+        )
+        old_logprobs, ref_logprobs, values = module.score_tokens(input_ids, attention_mask, response_mask)
+        scores = torch.tensor([reward for _, reward in scored], device=module.device)
+        lengths = response_mask.sum(-1).long()
+        token_rewards = torch.zeros_like(response_mask)
+        token_rewards[torch.arange(len(lengths)), lengths - 1] = scores
+        kl = module.kl_tokens(old_logprobs, ref_logprobs) * response_mask
+        if hp.kl_in == "reward":
+            token_rewards = token_rewards - module.kl_coef * kl
+        rollouts = Rollouts(
+            problems=[problems[i] for i, _ in episodes],
+            group=torch.tensor([i for i, _ in episodes]),
+            prompt_ids=[prompts[i] for i, _ in episodes],
+            response_ids=[ids for _, ids in episodes],
+            texts=[text for text, _ in scored],
+            scores=scores,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            response_mask=response_mask,
+            old_logprobs=old_logprobs,
+            ref_logprobs=ref_logprobs,
+            token_rewards=token_rewards,
+            values=values,
+        )
+        scored_at = time.perf_counter()
+
+        ctx = RolloutContext(engine, tokenizer, task, module.sampling, module.derived_seed("values"))
+        raw_advantages, returns = module.algorithm.advantages(rollouts, ctx)
+        advantages = whiten(raw_advantages, response_mask) if module.whitening == "batch" else raw_advantages
+        engine.sleep()  # generation is done until the next weight sync: give its memory to training
+
+        finished = torch.tensor([bool(ids) and ids[-1] == tokenizer.eos_token_id for _, ids in episodes], dtype=torch.float)
+        self._stats = {
+            "rollout/reward": float(scores.mean()),
+            "rollout/finished": float(finished.mean()),
+            "rollout/response_length": float(lengths.float().mean()),
+            "rollout/kl_ref": float(masked_mean(kl, response_mask)),
+            "rollout/kl_coef": module.kl_coef,
+            "advantages/mean": float(masked_mean(raw_advantages, response_mask)),
+            "advantages/std": float(masked_mean(raw_advantages**2, response_mask).sqrt()),
+            "advantages/abs_mean": float(masked_mean(raw_advantages.abs(), response_mask)),
+            "time/generation": generated - start,
+            "time/scoring": scored_at - generated,
+            **check_responses([ids for _, ids in episodes], tokenizer.eos_token_id, hp.max_new_tokens, trainer.current_epoch),
+            **ctx.stats,
+        }
+        if task.checks_steps:  # does the estimator blame the step that went wrong? (lit_vine.blame)
+            self._stats.update(blame_statistics(rollouts.problems, rollouts.response_ids, rollouts.texts, scores, raw_advantages, task, tokenizer))
+        if values is not None:
+            self._stats.update(module.update_value_pretraining(values, returns, response_mask))
+        self._samples = [
+            f"**prompt** {problems[i].question}\n\n**response** {text}\n\n**reward** {r}"
+            for (i, _), (text, r) in list(zip(episodes, scored))[:: max(1, len(episodes) // 4)]
+        ]
+        zeros = torch.zeros_like(response_mask)
+        experience = Experience(
+            input_ids=input_ids.cpu(),
+            attention_mask=attention_mask.cpu(),
+            response_mask=response_mask.cpu(),
+            old_logprobs=old_logprobs.cpu(),
+            ref_logprobs=ref_logprobs.cpu(),
+            advantages=advantages.cpu(),
+            returns=(returns if returns is not None else zeros).cpu(),
+            old_values=(values if values is not None else zeros).cpu(),
+        )
+        return experience.select(module.algorithm.training_rows(rollouts, raw_advantages))
+
+    # ----- checkpoints (docs/robustness.md) --------------------------------------------------------
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        state: dict[str, Any] = {}
+        engine_state = getattr(self.engine, "state_dict", None)
+        if callable(engine_state):
+            state["engine"] = engine_state()
+        done = mid_iteration(trainer)
+        if done and self._experience is not None:  # written inside an iteration (SIGTERM / Ctrl+C)
+            state["in_iteration"] = {
+                "mini_batches_done": done,
+                "experience": {f.name: getattr(self._experience, f.name) for f in fields(self._experience)},
+                "stats": dict(self._stats),
+                "samples": list(self._samples),
+                "rng": rng_state(),
+            }
+        checkpoint[CHECKPOINT_KEY] = state
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(CHECKPOINT_KEY, {})
+        if "engine" in state and callable(getattr(self.engine, "load_state_dict", None)):
+            self.engine.load_state_dict(state["engine"])
+        self._resumed = state.get("in_iteration")
+        self._restored = True
+
+
+def rollout_callback(trainer: Trainer | None) -> RolloutCallback | None:
+    """The trainer's rollout callback, if it has one."""
+    callbacks = trainer.callbacks if trainer is not None else []
+    return next((cb for cb in callbacks if isinstance(cb, RolloutCallback)), None)

@@ -1,0 +1,112 @@
+"""HFEngine: the generation contract on the tiny policy."""
+
+import torch
+
+from lit_vine.rollout.engine import HFEngine, SamplingParams
+
+
+def test_the_context_bounds_every_request(tiny):
+    model, tok = tiny  # context of 256 positions
+    engine = HFEngine()
+    engine.setup(model, tok)
+    context = model.config.max_position_embeddings
+    near_end = [tok.bos_token_id] + [5] * (context - 4)  # 3 positions left
+    short = [tok.bos_token_id, 7, 8]
+    torch.manual_seed(0)
+    out = engine.generate([near_end, short, near_end], SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=16, n=3), seed=0)
+    assert all(len(c) <= 3 for c in out[0] + out[2])
+    assert max(len(c) for c in out[1]) > 3  # the short prompt is not held back by its neighbours
+    full = [tok.bos_token_id] + [5] * (context - 1)
+    assert engine.generate([full], SamplingParams(max_new_tokens=4, n=2), seed=0) == [[[], []]]
+
+
+# ----- decoding="fork": one prefill per prompt, finished rows leave the batch -----------------------
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache  # noqa: E402
+
+from conftest import REPO  # noqa: E402
+
+SFT = str(REPO / "checkpoints" / "sft-arith")
+
+
+@pytest.fixture(scope="module")
+def sft():
+    return AutoModelForCausalLM.from_pretrained(SFT).eval(), AutoTokenizer.from_pretrained(SFT)
+
+
+def engines(model, tokenizer):
+    fork, generate = HFEngine(decoding="fork"), HFEngine(decoding="generate")
+    fork.setup(model, tokenizer)
+    generate.setup(model, tokenizer)
+    return fork, generate
+
+
+def prompts(tokenizer, n=24):
+    # different lengths: left padding inside a batch
+    return [tokenizer(f"Compute {10 + i} +{i % 9 + 1} *{i % 3 + 2} -{i % 5 + 1} from left to right.\n" + "7+1=8\n" * (i % 3)).input_ids for i in range(n)]
+
+
+@torch.inference_mode()
+def test_a_forked_kv_cache_gives_the_logits_of_a_fresh_prefill(sft):
+    model, tokenizer = sft
+    prompt = torch.tensor([tokenizer("Compute 12 +7 *3 -5 from left to right.\n12+7=19\n").input_ids])
+    cache = DynamicCache(config=model.config)
+    model(input_ids=prompt, past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(3)  # the fork, to 3 continuations with different next tokens
+    nxt = torch.tensor([[5], [17], [30]])
+    forked = model(input_ids=nxt, attention_mask=torch.ones(3, prompt.shape[1] + 1, dtype=torch.long), past_key_values=cache, use_cache=True).logits[:, -1]
+    fresh = model(input_ids=torch.cat([prompt.repeat(3, 1), nxt], 1)).logits[:, -1]
+    torch.testing.assert_close(forked, fresh, rtol=1e-5, atol=1e-5)
+
+
+def test_fork_greedy_is_token_identical_to_generate(sft):
+    fork, generate = engines(*sft)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=48)
+    expected = generate.generate(prompts(sft[1]), greedy, seed=0)
+    assert fork.generate(prompts(sft[1]), greedy, seed=0) == expected
+    # n greedy samples of a prompt are all that prompt's greedy completion
+    forked = fork.generate(prompts(sft[1]), greedy.with_(n=3), seed=0)
+    assert all(group == [single[0]] * 3 for group, single in zip(forked, expected))
+
+
+def test_finished_rows_leave_the_batch(sft):
+    model, tokenizer = sft
+    fork, _ = engines(model, tokenizer)
+    widths = []
+    hook = model.model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        out = fork.generate(prompts(tokenizer, 8), SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=48, n=4), seed=0)
+    finally:
+        hook.remove()
+    lengths = sorted(len(c) for group in out for c in group)  # a row that ends samples EOS at step length - 1
+    assert widths[0] == 8 and widths[1] == 32  # one prefill of the 8 prompts, then 4 rows each
+    assert all(a >= b for a, b in zip(widths[1:], widths[2:])) and widths[-1] < 32  # it only shrinks
+    assert len(widths) == 1 + lengths[-1] - 1  # decoding stops with the longest completion
+    assert widths.count(32) == lengths[7] - 1  # full width until a quarter of the 32 rows have ended
+
+
+def test_sampled_mc_values_of_both_decodings_agree(sft):
+    """Values of 12 states from 96 samples each: per state and pooled, the difference of the two
+    engines' success rates stays within 4 standard errors of the binomial difference."""
+    from lit_vine import ArithmeticTask
+
+    model, tokenizer = sft
+    fork, generate = engines(model, tokenizer)
+    task = ArithmeticTask(num_train=12, num_validation=0, num_test=0, seed=5)
+    problems = task.problems("train")
+    states = [task.prompt_ids(p, tokenizer) + tokenizer("\n".join(p.solution.splitlines()[: i % 3]), add_special_tokens=False).input_ids for i, p in enumerate(problems)]
+    params, n = SamplingParams(temperature=0.6, top_p=0.9, max_new_tokens=64, n=96), 96
+
+    def values(engine, seed):
+        out = engine.generate(states, params, seed=seed)
+        return [sum(task.score(c, p, tokenizer)[1] for c in group) / n for group, p in zip(out, problems)]
+
+    a, b = values(fork, 1), values(generate, 2)
+    for p, q in zip(a, b):
+        pooled = (p + q) / 2
+        assert abs(p - q) <= 4 * math.sqrt(max(pooled * (1 - pooled), 1 / n) * 2 / n), (a, b)
+    mean = sum(a + b) / (2 * len(a))
+    assert abs(sum(a) - sum(b)) / len(a) <= 4 * math.sqrt(max(mean * (1 - mean), 1 / n) * 2 / (n * len(a)))
+    assert 0.05 < mean < 0.95  # the states are neither sure wins nor sure losses: the check has teeth
