@@ -2,7 +2,8 @@
 
 Pick one in YAML (``model.init_args.algorithm.class_path``) or on the command line with
 ``--model.algorithm VinePPO`` (``PPO``, ``VCPPO``, ``GRPO``, ``RLOO``, ``Reinforce``, ``RestEM``,
-``DPOPlus``); its knobs follow, e.g. ``--model.algorithm.num_mc_rollouts 9``.
+``DPOPlus``; any case and the usual spellings too: ``vineppo``, ``vc-ppo``, ``dpo+``); its knobs
+follow, e.g. ``--model.algorithm.num_mc_rollouts 9``.
 
 ``objective`` tells the trainer which loss the advantages feed: the clipped PPO surrogate, a
 weighted negative log-likelihood (RestEM's SFT on filtered samples) or the DPO-Positive loss.
@@ -10,6 +11,7 @@ weighted negative log-likelihood (RestEM's SFT on filtered samples) or the DPO-P
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -127,6 +129,7 @@ class GroupBaseline(Algorithm):
     ``kl_in="reward"``); ``baseline`` picks what is subtracted from it.
     """
 
+    abstract = True  # a family, not a method: left out of the command line's list
     baseline: str = "mean"
     normalize_std: bool = False
 
@@ -322,3 +325,25 @@ class VinePPO(Algorithm):
             }
         )
         return advantages * rollouts.response_mask, None
+
+
+def concrete_algorithms() -> dict[str, type[Algorithm]]:
+    """Every algorithm a run can name (subclasses defined anywhere included), by class name."""
+    found, todo = {}, list(Algorithm.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        if not vars(cls).get("abstract", False):
+            found[cls.__name__] = cls
+        todo += cls.__subclasses__()
+    return found
+
+
+def spelling(name: str) -> str:
+    """The case- and punctuation-free form names are matched on: ``vc-ppo``, ``VC_PPO`` and
+    ``VCPPO`` are one name, as are ``dpo+`` and ``DPOPlus``."""
+    return re.sub(r"[^a-z0-9]", "", name.lower().replace("+", "plus"))
+
+
+def algorithm_class_name(name: str) -> str | None:
+    """The class an algorithm name on the command line means, or ``None`` if it means none."""
+    return next((cls for cls in concrete_algorithms() if spelling(cls) == spelling(name)), None)

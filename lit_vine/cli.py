@@ -12,7 +12,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_vine.algorithms import Algorithm
+from lit_vine.algorithms import algorithm_class_name, concrete_algorithms
 from lit_vine.errors import ConfigError
 from lit_vine.tasks.loading import DataError
 
@@ -20,7 +20,7 @@ from lit_vine.tasks.loading import DataError
 class LitVineCLI(LightningCLI):
     """``lit-vine fit|validate|test --config configs/<run>.yaml [--section.field value ...]``."""
 
-    def __init__(self, args=None) -> None:
+    def __init__(self, args=None, **kwargs) -> None:
         super().__init__(
             LightningModule,
             LightningDataModule,
@@ -29,6 +29,7 @@ class LitVineCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"num_sanity_val_steps": 0},
             args=args,
+            **kwargs,
         )
 
     def init_parser(self, **kwargs):
@@ -37,21 +38,19 @@ class LitVineCLI(LightningCLI):
         return super().init_parser(**kwargs)
 
 
-def algorithm_names() -> list[str]:
-    found, todo = [], list(Algorithm.__subclasses__())
-    while todo:
-        cls = todo.pop(0)
-        found.append(cls.__name__)
-        todo += cls.__subclasses__()
-    return found
-
-
-def check_algorithm_flag(args: list[str]) -> None:
-    """``--model.algorithm NAME`` must name a known algorithm; say which ones are."""
+def canonical_algorithm_flag(args: list[str]) -> list[str]:
+    """``--model.algorithm NAME`` with NAME as its class name (``vc-ppo`` -> ``VCPPO``); an unknown
+    name stops with the list of the algorithms there are."""
+    args = list(args)
     for i, arg in enumerate(args):
-        name = arg.split("=", 1)[1] if arg.startswith("--model.algorithm=") else args[i + 1] if arg == "--model.algorithm" and i + 1 < len(args) else None
-        if name is not None and "." not in name and not name.startswith("{") and name not in algorithm_names():
-            raise ConfigError(f"--model.algorithm: unknown algorithm {name!r}; valid: {', '.join(algorithm_names())}")
+        at, name = (i, arg.split("=", 1)[1]) if arg.startswith("--model.algorithm=") else (i + 1, args[i + 1]) if arg == "--model.algorithm" and i + 1 < len(args) else (None, None)
+        if name is None or "." in name or name.startswith("{"):  # a class path or a whole dict: jsonargparse's
+            continue
+        cls = algorithm_class_name(name)
+        if cls is None:
+            raise ConfigError(f"--model.algorithm: unknown algorithm {name!r}; valid: {', '.join(concrete_algorithms())}")
+        args[at] = f"--model.algorithm={cls}" if at == i else cls
+    return args
 
 
 def root_config_error(err: BaseException) -> ConfigError | None:
@@ -97,8 +96,9 @@ def main(args: list[str] | None = None) -> None:
     # take single-device runs for distributed ones; what RL logs per iteration is synced already.
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
     try:
-        check_algorithm_flag(sys.argv[1:] if args is None else args)
-        LitVineCLI(args)
+        if args is None:  # from the shell: Lightning reads sys.argv itself
+            sys.argv[1:] = canonical_algorithm_flag(sys.argv[1:])
+        LitVineCLI(None if args is None else canonical_algorithm_flag(args))
     except ArgumentError as err:  # malformed YAML, unknown keys, wrong types
         argv = sys.argv[1:] if args is None else args
         command = next((a for a in argv if a in ("fit", "validate", "test", "predict")), "")

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import REPO
-from lit_vine.cli import main
+from lit_vine.cli import LitVineCLI, canonical_algorithm_flag, main
 
 
 @pytest.mark.parametrize(
@@ -26,9 +26,23 @@ def test_bad_values_name_the_field(override, message, capsys, monkeypatch):
     assert message in capsys.readouterr().err
 
 
-def test_unknown_algorithm_lists_the_valid_ones(capsys, monkeypatch):
+def test_unknown_algorithm_lists_exactly_the_concrete_ones(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit):
         main(["fit", "--config", "configs/quickstart.yaml", "--model.algorithm", "PPOX"])
-    err = capsys.readouterr().err
-    assert "VinePPO" in err and "PPO" in err
+    valid = capsys.readouterr().err.split("valid: ")[1].split("\n")[0].split(", ")
+    assert sorted(valid) == sorted(["VinePPO", "PPO", "VCPPO", "GRPO", "RLOO", "Reinforce", "RestEM", "DPOPlus"])
+    assert "GroupBaseline" not in valid
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [("vineppo", "VinePPO"), ("grpo", "GRPO"), ("vc-ppo", "VCPPO"), ("VC_PPO", "VCPPO"), ("dpo+", "DPOPlus"),
+     ("DPO-Plus", "DPOPlus"), ("rest-em", "RestEM"), ("REINFORCE", "Reinforce"), ("PPO", "PPO")],
+)
+def test_algorithm_names_are_case_and_spelling_insensitive(name, cls, monkeypatch):
+    monkeypatch.chdir(REPO)
+    for flag in (["--model.algorithm", name], [f"--model.algorithm={name}"]):
+        args = canonical_algorithm_flag(["--config", "configs/quickstart.yaml", *flag])
+        cli = LitVineCLI(args, run=False)
+        assert type(cli.model.algorithm).__name__ == cls
