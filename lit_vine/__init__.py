@@ -2,6 +2,7 @@
 
 from lit_vine.algorithms import GRPO, PPO, RLOO, VCPPO, Algorithm, DPOPlus, Reinforce, RestEM, VinePPO
 from lit_vine.data import SFTDataModule, TaskDataModule
+from lit_vine.policy_module import PolicyModule
 from lit_vine.rl import RLModule
 from lit_vine.rollout.callback import RolloutCallback
 from lit_vine.rollout.engine import HFEngine, RolloutEngine, SamplingParams
@@ -20,6 +21,7 @@ __all__ = [
     "ArithmeticTask",
     "DatasetTask",
     "HFEngine",
+    "PolicyModule",
     "Problem",
     "RLModule",
     "RolloutCallback",

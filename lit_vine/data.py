@@ -126,20 +126,33 @@ class SFTDataModule(TaskDataModule):
     Args:
         batch_size: sequences per optimizer step.
         max_length: longer examples are skipped (and counted in the log).
+        response_template: the target text around the solution; the VinePPO reference trains on
+            ``"\n{solution}\n"`` after prompts that end in ``Solution:``.
     """
 
-    def __init__(self, task: Task | None = None, batch_size: int = 64, max_length: int = 256, eval_batch_size: int = 64, seed: int = 0) -> None:
+    def __init__(
+        self,
+        task: Task | None = None,
+        batch_size: int = 64,
+        max_length: int = 256,
+        response_template: str = "{solution}",
+        eval_batch_size: int = 64,
+        seed: int = 0,
+    ) -> None:
         super().__init__(task, prompts_per_iteration=1, eval_batch_size=eval_batch_size, seed=seed)
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
-        self.batch_size, self.max_length = batch_size, max_length
+        if "{solution}" not in response_template:
+            raise ValueError(f"data.response_template must contain {{solution}}, got {response_template!r}")
+        self.batch_size, self.max_length, self.response_template = batch_size, max_length, response_template
 
     def train_dataloader(self) -> DataLoader:
         tokenizer = self.trainer.lightning_module.tokenizer
         examples, skipped = [], 0
         for p in self.task.problems("train"):
             prompt = self.task.prompt_ids(p, tokenizer)
-            target = tokenizer(p.solution, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+            text = self.response_template.replace("{solution}", p.solution)
+            target = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
             if len(prompt) + len(target) > self.max_length:
                 skipped += 1
                 continue

@@ -56,7 +56,7 @@ def local_overrides(preset: str) -> list[str]:
     return [key + "source", "null", key + "train", str(SAMPLES["math"]), key + "test", str(test if test.is_file() else SAMPLES["math"]), key + "num_validation", "1"]
 
 
-@pytest.mark.parametrize("preset", ["gsm8k_rho1b_vineppo", "gsm8k_rho1b_ppo", "math_rho1b_vineppo", "gsm8k_deepseek7b_vineppo", "math_deepseek7b_vineppo"])
+@pytest.mark.parametrize("preset", ["gsm8k_rho1b_vineppo", "gsm8k_rho1b_ppo", "math_rho1b_vineppo", "gsm8k_deepseek7b_vineppo", "math_deepseek7b_vineppo", "gsm8k_qwen05b_vineppo"])
 def test_presets_parse_and_build_their_data_offline(preset):
     cli = ParseOnly(args=["fit", "--config", str(REPO / "configs" / f"{preset}.yaml"), *local_overrides(preset)])
     config = cli.config.fit
