@@ -38,12 +38,13 @@ def whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
     return ((x64 - mean) * torch.rsqrt(var + eps)).to(x.dtype) * mask
 
 
-def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float | Tensor) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016, eq. 16).
 
     ``values[:, t]`` is V(s_t), the value of the state before token t; the state after the last
-    real token is terminal (V = 0). Returns ``(advantages, returns)`` with returns = A + V, the
-    critic's regression target for the same lambda.
+    real token is terminal (V = 0). ``lam`` is one lambda or one per response ``(B,)`` (VAPO's
+    length-adaptive lambda). Returns ``(advantages, returns)`` with returns = A + V, the critic's
+    regression target for the same lambda.
     """
     B, T = rewards.shape
     advantages = torch.zeros_like(rewards)
@@ -54,6 +55,13 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
         last = (delta + gamma * lam * last) * mask[:, t]
         advantages[:, t] = last
     return advantages, (advantages + values) * mask
+
+
+def length_adaptive_lambda(lengths: Tensor, alpha: float) -> Tensor:
+    """VAPO's (Yue et al. 2025, eq. 7) policy lambda per response: 1 - 1 / (alpha * length),
+    so a long response keeps its far-away reward (lambda near 1) and a short one trades variance
+    for bias; clamped to [0, 1] for responses shorter than 1 / alpha tokens."""
+    return (1 - 1 / (alpha * lengths.clamp(min=1).to(torch.float64))).clamp(0, 1)
 
 
 def fill_values_past_cap(estimates: Sequence[float], num_states: int, reward: float) -> list[float]:

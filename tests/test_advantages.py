@@ -1,9 +1,11 @@
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from lit_vine.advantages import fill_values_past_cap, gae, group_advantages, vine_advantages, whiten
+from lit_vine.advantages import fill_values_past_cap, gae, group_advantages, length_adaptive_lambda, vine_advantages, whiten
+from lit_vine.algorithms import VCPPO
 
 
 def test_gae_lambda_one_is_return_minus_value():
@@ -88,3 +90,21 @@ def test_grpo_rloo_and_batch_baselines_by_hand():
 def test_leave_one_out_needs_two_responses():
     with pytest.raises(ValueError, match="at least 2"):
         group_advantages(torch.tensor([1.0]), torch.tensor([0]), "leave_one_out")
+
+
+def test_vapo_length_adaptive_lambda_by_hand():
+    # lambda = 1 - 1 / (alpha * length): alpha 0.5 gives 0 for 2 tokens and 0.5 for 4
+    assert length_adaptive_lambda(torch.tensor([2, 4, 1000]), 0.05).tolist() == pytest.approx([0.0, 0.0, 0.98])
+    assert length_adaptive_lambda(torch.tensor([2, 4]), 0.5).tolist() == pytest.approx([0.0, 0.5])
+    rewards = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.2, 0.6, 0.0, 0.0], [0.5, 0.4, 0.8, 0.5]])
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    rollouts = SimpleNamespace(response_mask=mask, token_rewards=rewards, values=values)
+    advantages, returns = VCPPO(length_adaptive_alpha=0.5).advantages(rollouts, None)
+    # row 0, lambda 0: A_t = delta_t = r_t + V_{t+1} - V_t = [0.6 - 0.2, 1 - 0.6]
+    # row 1, lambda 0.5: deltas [-0.1, 0.4, -0.3, 0.5]; A_3 = 0.5, A_2 = -0.3 + 0.25, A_1 = 0.4 - 0.025, A_0 = -0.1 + 0.1875
+    assert advantages.tolist() == [pytest.approx([0.4, 0.4, 0.0, 0.0]), pytest.approx([0.0875, 0.375, -0.05, 0.5])]
+    # the critic keeps lambda_critic = 1: Monte Carlo returns
+    assert returns.tolist() == [pytest.approx([1.0, 1.0, 0.0, 0.0]), pytest.approx([1.0, 1.0, 1.0, 1.0])]
+    fixed, _ = VCPPO().advantages(rollouts, None)  # lambda 0.95 for both rows
+    assert not torch.allclose(fixed, advantages)

@@ -72,7 +72,11 @@ def test_short_rl_loop_updates_policy_and_logs(algorithm, tmp_path):
     assert list((tmp_path / "run" / "version_0" / "predictions").glob("val_*.jsonl"))
 
 
-@pytest.mark.parametrize("algorithm", [GRPO(), RLOO(), Reinforce(), RestEM(), DPOPlus(), VCPPO(value_pretrain_iterations=0)], ids=lambda a: type(a).__name__)
+@pytest.mark.parametrize(
+    "algorithm",
+    [GRPO(), RLOO(), Reinforce(), RestEM(), DPOPlus(), VCPPO(value_pretrain_iterations=0), VCPPO(value_pretrain_iterations=0, length_adaptive_alpha=0.05)],
+    ids=["GRPO", "RLOO", "Reinforce", "RestEM", "DPOPlus", "VCPPO", "VAPO-lambda"],
+)
 def test_every_method_updates_the_policy(algorithm, tmp_path):
     trainer, module, policy_before, _ = tiny_run(algorithm, tmp_path, iterations=1, responses_per_prompt=4)
     assert trainer.global_step > 0
