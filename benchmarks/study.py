@@ -42,6 +42,7 @@ METHODS = {
     "REINFORCE": "reinforce",
     "RestEM": "restem",
     "DPO+": "dpo_plus",
+    "SPO-chain": "spo_chain",
 }
 METRIC = "val/pass@1"
 PHASES = ("generation", "scoring", "value_estimation", "training", "iteration")

@@ -1,6 +1,6 @@
 """lit-vine: reinforcement learning for step-by-step reasoning, VinePPO at its heart, on Lightning."""
 
-from lit_vine.algorithms import GRPO, PPO, RLOO, VCPPO, Algorithm, DPOPlus, Reinforce, RestEM, VinePPO
+from lit_vine.algorithms import GRPO, PPO, RLOO, VCPPO, Algorithm, DPOPlus, Reinforce, RestEM, SPOChain, VinePPO
 from lit_vine.data import SFTDataModule, TaskDataModule
 from lit_vine.policy_module import PolicyModule
 from lit_vine.rl import RLModule
@@ -27,6 +27,7 @@ __all__ = [
     "RolloutCallback",
     "RolloutEngine",
     "SFTDataModule",
+    "SPOChain",
     "SFTModule",
     "SamplingParams",
     "Task",

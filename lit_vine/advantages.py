@@ -102,6 +102,13 @@ def vine_advantages(
     return out
 
 
+def spo_cutpoints(probs: Sequence[float], threshold: float, interval: int) -> list[int]:
+    """SPO-chain's segment boundaries in one response (Guo et al. 2025): the states just before
+    every ``interval``-th token (the first one included) whose sampling probability ``probs[t]``
+    is below ``threshold``, as prefix lengths (response tokens in the state: 0 is the prompt)."""
+    return [t for t, p in enumerate(probs) if p < threshold][::interval]
+
+
 def group_advantages(scores: Tensor, group: Tensor, baseline: str, normalize_std: bool = False, eps: float = 1e-6) -> Tensor:
     """Sequence-level advantages from the responses of the same prompt (``group`` ids, ``(B,)``).
 

@@ -2,7 +2,7 @@
 
 Pick one in YAML (``model.init_args.algorithm.class_path``) or on the command line with
 ``--model.algorithm VinePPO`` (``PPO``, ``VCPPO``, ``GRPO``, ``RLOO``, ``Reinforce``, ``RestEM``,
-``DPOPlus``; any case and the usual spellings too: ``vineppo``, ``vc-ppo``, ``dpo+``); its knobs
+``DPOPlus``, ``SPOChain``; any case and the usual spellings too: ``vineppo``, ``vc-ppo``, ``dpo+``); its knobs
 follow, e.g. ``--model.algorithm.num_mc_rollouts 9``.
 
 ``objective`` tells the trainer which loss the advantages feed: the clipped PPO surrogate, a
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from lit_vine.advantages import fill_values_past_cap, gae, group_advantages, length_adaptive_lambda, vine_advantages
+from lit_vine.advantages import fill_values_past_cap, gae, group_advantages, length_adaptive_lambda, spo_cutpoints, vine_advantages
 from lit_vine.errors import check
 from lit_vine.experience import Rollouts
 from lit_vine.rollout.engine import RolloutEngine, SamplingParams
@@ -63,6 +64,10 @@ class Algorithm:
     def training_rows(self, rollouts: Rollouts, advantages: Tensor) -> Tensor:
         """Indices of the episodes the objective trains on (all, by default)."""
         return torch.arange(len(rollouts.scores))
+
+    def policy_mask(self, rollouts: Rollouts) -> Tensor | None:
+        """``(B, T)``: the response tokens the policy loss and whitening use; ``None``: all of them."""
+        return None
 
 
 class PPO(Algorithm):
@@ -289,52 +294,105 @@ class VinePPO(Algorithm):
             # States s_0..s_{n-1}: the prompt, then the prompt plus each finished step; at most s_0..s_c.
             states.append([0] + ends[:-1][: self.max_step_for_value_estimation])
 
-        # Identical states (s_0 of every response to a prompt, repeated prefixes) are sampled once.
-        unique: dict[tuple[int, ...], int] = {}
-        requests, owners = [], []
-        for b, cuts in enumerate(states):
-            for cut in cuts:
-                key = tuple(rollouts.prompt_ids[b] + rollouts.response_ids[b][:cut])
-                if key not in unique:
-                    unique[key] = len(requests)
-                    requests.append(list(key))
-                    owners.append((b, cut))
-        params = ctx.sampling.with_(n=self.num_mc_rollouts)
-        continuations = ctx.engine.generate(requests, params, seed=ctx.seed)
-
-        # Every continuation of the iteration graded in one call (MATH: a pool of memoizing workers).
-        graded = ctx.task.score_many(
-            [(rollouts.response_ids[b][:cut] + cont, rollouts.problems[b]) for (b, cut), conts in zip(owners, continuations) for cont in conts],
-            ctx.tokenizer,
-        )
-        K = self.num_mc_rollouts
-        mc_value = [sum(reward for _, reward in graded[j * K : (j + 1) * K]) / K for j in range(len(owners))]
-
-        state_values = []
-        for b, cuts in enumerate(states):
-            key = lambda cut: tuple(rollouts.prompt_ids[b] + rollouts.response_ids[b][:cut])  # noqa: E731
-            estimates = [mc_value[unique[key(cut)]] for cut in cuts]
-            state_values.append(fill_values_past_cap(estimates, len(step_ends[b]), float(rollouts.scores[b])))
-
+        estimates = monte_carlo_values(rollouts, ctx, states, self.num_mc_rollouts)
+        state_values = [fill_values_past_cap(v, len(ends), float(r)) for v, ends, r in zip(estimates, step_ends, rollouts.scores)]
         T = rollouts.response_mask.shape[1]
-        advantages = vine_advantages(state_values, step_ends, rollouts.scores.tolist(), T)
-        # KL given as a per-token reward (kl_in="reward") has no MC estimate: it enters as reward-to-go.
-        kl_rewards = rollouts.token_rewards.clone()
-        last = rollouts.response_mask.sum(-1).long() - 1
-        kl_rewards[torch.arange(len(last)), last] -= rollouts.scores
-        advantages = advantages + kl_rewards.flip(-1).cumsum(-1).flip(-1)
+        advantages = vine_advantages(state_values, step_ends, rollouts.scores.tolist(), T) + kl_reward_to_go(rollouts)
 
         values = torch.tensor([v for vs in state_values for v in vs])
         ctx.stats.update(
             {
-                "vine/mc_requests": float(len(requests)),
-                "vine/mc_dedup_saved": float(sum(len(c) for c in states) - len(requests)),
                 "vine/steps_per_response": sum(len(e) for e in step_ends) / len(step_ends),
                 "vine/value_mean": float(values.mean()),
                 "time/value_estimation": time.perf_counter() - start,
             }
         )
         return advantages * rollouts.response_mask, None
+
+
+class SPOChain(Algorithm):
+    """SPO-chain (Guo et al. 2025, arXiv 2505.23564): VinePPO's Monte Carlo values, taken at
+    segment boundaries instead of reasoning steps, and a probability-masked objective.
+
+    As in the authors' code (AIFrameResearch/SPO, built on the VinePPO authors' codebase): a *cut
+    point* is a response token the sampling policy gave probability below ``prob_threshold``;
+    every ``cutpoint_interval``-th cut point (the first included) opens a segment, its boundary the
+    state just before that token. Segment k's tokens get V(b_{k+1}) - V(b_k), the last segment's
+    R - V(b_last), tokens before the first boundary 0; then only cut-point tokens keep their
+    advantage and enter the policy loss and the whitening (the *probability mask*), since
+    near-certain tokens carry no decision.
+
+    Args:
+        num_mc_rollouts: K continuations from every boundary (paper: 9).
+        cutpoint_interval: cut points per segment (paper: 5 for "SPO-chain int5").
+        prob_threshold: cut points and the mask use p < this (paper: 0.9).
+    """
+
+    whitening = "mini_batch"
+
+    def __init__(self, num_mc_rollouts: int = 9, cutpoint_interval: int = 5, prob_threshold: float = 0.9) -> None:
+        check(num_mc_rollouts >= 1, f"algorithm.num_mc_rollouts (K) must be >= 1, got {num_mc_rollouts}")
+        check(cutpoint_interval >= 1, f"algorithm.cutpoint_interval must be >= 1, got {cutpoint_interval}")
+        check(0 < prob_threshold <= 1, f"algorithm.prob_threshold must be in (0, 1], got {prob_threshold}")
+        self.num_mc_rollouts, self.cutpoint_interval, self.prob_threshold = num_mc_rollouts, cutpoint_interval, prob_threshold
+
+    def policy_mask(self, rollouts: Rollouts) -> Tensor:
+        return rollouts.response_mask * (rollouts.old_logprobs.exp() < self.prob_threshold)
+
+    def advantages(self, rollouts: Rollouts, ctx: RolloutContext) -> tuple[Tensor, None]:
+        start = time.perf_counter()
+        probs = rollouts.old_logprobs.exp()
+        lengths = [len(r) for r in rollouts.response_ids]
+        boundaries = [spo_cutpoints(probs[b, :n].tolist(), self.prob_threshold, self.cutpoint_interval) for b, n in enumerate(lengths)]
+        estimates = monte_carlo_values(rollouts, ctx, boundaries, self.num_mc_rollouts)
+        # As VinePPO's steps: segment 0 = the tokens before the first boundary, valued so that its
+        # advantage is 0 (V(b_0) - V(b_0)); a response without cut points gets R - R = 0 throughout.
+        values = [[v[0] if v else float(r)] + v for v, r in zip(estimates, rollouts.scores)]
+        ends = [b + [n] for b, n in zip(boundaries, lengths)]
+        T = rollouts.response_mask.shape[1]
+        advantages = vine_advantages(values, ends, rollouts.scores.tolist(), T) + kl_reward_to_go(rollouts)
+        ctx.stats.update(
+            {
+                "spo/segments_per_response": sum(len(b) + 1 for b in boundaries) / len(boundaries),
+                "spo/masked_token_share": float(1 - self.policy_mask(rollouts).sum() / rollouts.response_mask.sum()),
+                "time/value_estimation": time.perf_counter() - start,
+            }
+        )
+        return advantages * self.policy_mask(rollouts), None
+
+
+def monte_carlo_values(rollouts: Rollouts, ctx: RolloutContext, states: Sequence[Sequence[int]], num_mc_rollouts: int) -> list[list[float]]:
+    """V of every listed state: the mean reward of ``num_mc_rollouts`` continuations sampled with
+    the training sampling parameters. ``states[b]`` are prefix lengths of response b (0: the prompt
+    alone). Identical states (the prompt of every response to it, repeated prefixes) are sampled
+    once; all requests of the iteration go to the engine in one call and are graded in one call."""
+    unique: dict[tuple[int, ...], int] = {}
+    requests, owners = [], []
+    for b, cuts in enumerate(states):
+        for cut in cuts:
+            key = tuple(rollouts.prompt_ids[b] + rollouts.response_ids[b][:cut])
+            if key not in unique:
+                unique[key] = len(requests)
+                requests.append(list(key))
+                owners.append((b, cut))
+    continuations = ctx.engine.generate(requests, ctx.sampling.with_(n=num_mc_rollouts), seed=ctx.seed)
+    graded = ctx.task.score_many(  # MATH: a pool of memoizing grader workers
+        [(rollouts.response_ids[b][:cut] + cont, rollouts.problems[b]) for (b, cut), conts in zip(owners, continuations) for cont in conts],
+        ctx.tokenizer,
+    )
+    K = num_mc_rollouts
+    mc_value = [sum(reward for _, reward in graded[j * K : (j + 1) * K]) / K for j in range(len(owners))]
+    ctx.stats.update({"vine/mc_requests": float(len(requests)), "vine/mc_dedup_saved": float(sum(map(len, states)) - len(requests))})
+    return [[mc_value[unique[tuple(rollouts.prompt_ids[b] + rollouts.response_ids[b][:cut])]] for cut in cuts] for b, cuts in enumerate(states)]
+
+
+def kl_reward_to_go(rollouts: Rollouts) -> Tensor:
+    """``(B, T)``: the KL penalty given as a per-token reward (``kl_in="reward"``) summed from each
+    token to the end; MC values hold only the task reward, so it enters the advantages here."""
+    kl_rewards = rollouts.token_rewards.clone()
+    last = rollouts.response_mask.sum(-1).long() - 1
+    kl_rewards[torch.arange(len(last)), last] -= rollouts.scores
+    return kl_rewards.flip(-1).cumsum(-1).flip(-1)
 
 
 def concrete_algorithms() -> dict[str, type[Algorithm]]:

@@ -67,9 +67,15 @@ class Experience:
     advantages: Tensor  # (B, T)
     returns: Tensor  # (B, T) critic targets; zeros without a critic
     old_values: Tensor  # (B, T) critic values at sampling time; zeros without a critic
+    policy_mask: Tensor | None = None  # (B, T) tokens the policy loss sees; None: all response tokens
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    @property
+    def loss_mask(self) -> Tensor:
+        """``(B, T)``: the tokens the policy loss, its KL term and advantage whitening use."""
+        return self.response_mask if self.policy_mask is None else self.policy_mask
 
     @property
     def prompt_width(self) -> int:
@@ -77,16 +83,17 @@ class Experience:
 
     def select(self, rows: Tensor) -> Experience:
         """Rows ``rows``, with columns that are padding in all of them cut away."""
+        present = [f.name for f in fields(self) if getattr(self, f.name) is not None]
         if len(rows) == 0:
-            return Experience(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+            return Experience(**{name: getattr(self, name)[rows] for name in present})
         P = self.prompt_width
         attention = self.attention_mask[rows]
         left = int(attention[:, :P].sum(0).nonzero()[0]) if P else 0
         T = max(1, int(self.response_mask[rows].sum(-1).max()))
         out = {}
-        for f in fields(self):
-            x = getattr(self, f.name)[rows]
-            out[f.name] = x[:, left : P + T] if x.shape[1] == self.input_ids.shape[1] else x[:, :T]
+        for name in present:
+            x = getattr(self, name)[rows]
+            out[name] = x[:, left : P + T] if x.shape[1] == self.input_ids.shape[1] else x[:, :T]
         return Experience(**out)
 
 

@@ -236,14 +236,14 @@ class RLModule(PolicyModule):
         """Micro-batches, each with its share of the mini-batch per aggregation, so that the summed
         micro-batch losses equal the mini-batch loss: a share of the tokens for ``token_mean``, of
         the responses otherwise."""
-        tokens, rows = batch.response_mask.sum(), len(batch)
+        tokens, rows = batch.loss_mask.sum().clamp(min=1), len(batch)
         size = self.hparams.micro_batch_size
         if self.algorithm.objective == "dpo":  # keep (chosen, rejected) pairs in one micro-batch
             size = max(2, size - size % 2)
         for idx in torch.arange(rows, device=batch.input_ids.device).split(size):
             micro = batch.select(idx)
             by_rows = len(idx) / rows
-            yield micro, {"token_mean": micro.response_mask.sum() / tokens, "seq_mean": by_rows, "seq_sum": by_rows}
+            yield micro, {"token_mean": micro.loss_mask.sum() / tokens, "seq_mean": by_rows, "seq_sum": by_rows}
 
     def training_step(self, batch: Experience, batch_idx: int) -> None:
         optimizers = self.optimizers()
@@ -254,7 +254,7 @@ class RLModule(PolicyModule):
             logs[name] = logs.get(name, 0.0) + value.detach() * weight
 
         if self.whitening == "mini_batch":  # statistics of the whole mini-batch, over all ranks
-            batch = replace(batch, advantages=whiten(batch.advantages, batch.response_mask))
+            batch = replace(batch, advantages=whiten(batch.advantages, batch.loss_mask))
         if not self.value_pretraining["active"]:
             for micro, share in self._micro_batches(batch):
                 loss, stats = self._policy_loss(micro, share)
@@ -286,7 +286,7 @@ class RLModule(PolicyModule):
         statistics, each weighted by the micro-batch's ``share`` of the mini-batch under its own
         aggregation (summed over micro-batches they give the mini-batch's values)."""
         hp = self.hparams
-        P, mask = micro.prompt_width, micro.response_mask
+        P, mask = micro.prompt_width, micro.loss_mask
         logits = self.policy(
             input_ids=micro.input_ids, attention_mask=micro.attention_mask, position_ids=position_ids(micro.attention_mask)
         ).logits[:, P - 1 : -1]

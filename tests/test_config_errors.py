@@ -31,14 +31,14 @@ def test_unknown_algorithm_lists_exactly_the_concrete_ones(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["fit", "--config", "configs/quickstart.yaml", "--model.algorithm", "PPOX"])
     valid = capsys.readouterr().err.split("valid: ")[1].split("\n")[0].split(", ")
-    assert sorted(valid) == sorted(["VinePPO", "PPO", "VCPPO", "GRPO", "RLOO", "Reinforce", "RestEM", "DPOPlus"])
+    assert sorted(valid) == sorted(["VinePPO", "PPO", "VCPPO", "GRPO", "RLOO", "Reinforce", "RestEM", "DPOPlus", "SPOChain"])
     assert "GroupBaseline" not in valid
 
 
 @pytest.mark.parametrize(
     "name, cls",
     [("vineppo", "VinePPO"), ("grpo", "GRPO"), ("vc-ppo", "VCPPO"), ("VC_PPO", "VCPPO"), ("dpo+", "DPOPlus"),
-     ("DPO-Plus", "DPOPlus"), ("rest-em", "RestEM"), ("REINFORCE", "Reinforce"), ("PPO", "PPO")],
+     ("DPO-Plus", "DPOPlus"), ("rest-em", "RestEM"), ("REINFORCE", "Reinforce"), ("PPO", "PPO"), ("spo-chain", "SPOChain")],
 )
 def test_algorithm_names_are_case_and_spelling_insensitive(name, cls, monkeypatch):
     monkeypatch.chdir(REPO)

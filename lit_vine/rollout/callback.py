@@ -145,7 +145,8 @@ class RolloutCallback(Callback):
 
         ctx = RolloutContext(engine, tokenizer, task, module.sampling, module.derived_seed("values"))
         raw_advantages, returns = module.algorithm.advantages(rollouts, ctx)
-        advantages = whiten(raw_advantages, response_mask) if module.whitening == "batch" else raw_advantages
+        policy_mask = module.algorithm.policy_mask(rollouts)
+        advantages = whiten(raw_advantages, response_mask if policy_mask is None else policy_mask) if module.whitening == "batch" else raw_advantages
         engine.sleep()  # generation is done until the next weight sync: give its memory to training
 
         finished = torch.tensor([bool(ids) and ids[-1] == tokenizer.eos_token_id for _, ids in episodes], dtype=torch.float)
@@ -181,6 +182,7 @@ class RolloutCallback(Callback):
             advantages=advantages.cpu(),
             returns=(returns if returns is not None else zeros).cpu(),
             old_values=(values if values is not None else zeros).cpu(),
+            policy_mask=None if policy_mask is None else policy_mask.cpu(),
         )
         return experience.select(module.algorithm.training_rows(rollouts, raw_advantages))
 
