@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -226,7 +227,7 @@ def report(args: argparse.Namespace, chosen: dict[str, dict]) -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
     commands = "\n".join(" ".join(command(m, s, chosen.get(m, {}).get("chosen"), args.iterations, f"seed{s}", args)) for m in args.methods for s in args.seeds)
     text = (
-        f"# {args.title}: method study\n\nProduced by `python benchmarks/study.py {' '.join(a for a in sys.argv[1:] if a != '--report-only')}` on {machine}.\n"
+        f"# {args.title}: method study\n\nProduced by `python benchmarks/study.py {shlex.join(a for a in sys.argv[1:] if a != '--report-only')}` on {machine}.\n"
         f"Every run: `{args.config}` plus the method's overlay, {args.iterations} iterations, {METRIC} on {args.num_validation} validation "
         f"problems every {args.val_every} iterations. The SFT checkpoint every run starts from: pass@1 "
         f"{pct(start[METRIC])} %, greedy {pct(start['val/greedy_acc'])} % (point 0 of every curve). Accuracies are means ± std "
