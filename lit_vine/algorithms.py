@@ -341,7 +341,7 @@ class SPOChain(Algorithm):
 
     def advantages(self, rollouts: Rollouts, ctx: RolloutContext) -> tuple[Tensor, None]:
         start = time.perf_counter()
-        probs = rollouts.old_logprobs.exp()
+        probs, mask = rollouts.old_logprobs.exp(), self.policy_mask(rollouts)
         lengths = [len(r) for r in rollouts.response_ids]
         boundaries = [spo_cutpoints(probs[b, :n].tolist(), self.prob_threshold, self.cutpoint_interval) for b, n in enumerate(lengths)]
         estimates = monte_carlo_values(rollouts, ctx, boundaries, self.num_mc_rollouts)
@@ -354,11 +354,11 @@ class SPOChain(Algorithm):
         ctx.stats.update(
             {
                 "spo/segments_per_response": sum(len(b) + 1 for b in boundaries) / len(boundaries),
-                "spo/masked_token_share": float(1 - self.policy_mask(rollouts).sum() / rollouts.response_mask.sum()),
+                "spo/masked_token_share": float(1 - mask.sum() / rollouts.response_mask.sum()),
                 "time/value_estimation": time.perf_counter() - start,
             }
         )
-        return advantages * self.policy_mask(rollouts), None
+        return advantages * mask, None
 
 
 def monte_carlo_values(rollouts: Rollouts, ctx: RolloutContext, states: Sequence[Sequence[int]], num_mc_rollouts: int) -> list[list[float]]:
@@ -367,14 +367,16 @@ def monte_carlo_values(rollouts: Rollouts, ctx: RolloutContext, states: Sequence
     alone). Identical states (the prompt of every response to it, repeated prefixes) are sampled
     once; all requests of the iteration go to the engine in one call and are graded in one call."""
     unique: dict[tuple[int, ...], int] = {}
-    requests, owners = [], []
+    requests, owners, request_of = [], [], []  # request_of[b][i]: the request of states[b][i]
     for b, cuts in enumerate(states):
+        request_of.append([])
         for cut in cuts:
             key = tuple(rollouts.prompt_ids[b] + rollouts.response_ids[b][:cut])
             if key not in unique:
                 unique[key] = len(requests)
                 requests.append(list(key))
                 owners.append((b, cut))
+            request_of[b].append(unique[key])
     continuations = ctx.engine.generate(requests, ctx.sampling.with_(n=num_mc_rollouts), seed=ctx.seed)
     graded = ctx.task.score_many(  # MATH: a pool of memoizing grader workers
         [(rollouts.response_ids[b][:cut] + cont, rollouts.problems[b]) for (b, cut), conts in zip(owners, continuations) for cont in conts],
@@ -383,7 +385,7 @@ def monte_carlo_values(rollouts: Rollouts, ctx: RolloutContext, states: Sequence
     K = num_mc_rollouts
     mc_value = [sum(reward for _, reward in graded[j * K : (j + 1) * K]) / K for j in range(len(owners))]
     ctx.stats.update({"vine/mc_requests": float(len(requests)), "vine/mc_dedup_saved": float(sum(map(len, states)) - len(requests))})
-    return [[mc_value[unique[tuple(rollouts.prompt_ids[b] + rollouts.response_ids[b][:cut])]] for cut in cuts] for b, cuts in enumerate(states)]
+    return [[mc_value[j] for j in requests_b] for requests_b in request_of]
 
 
 def kl_reward_to_go(rollouts: Rollouts) -> Tensor:

@@ -57,7 +57,7 @@ class LRSchedule:
         remaining = max(1, total - W)
         if self.decay == "linear":
             return max(0.0, (total - k) / remaining)
-        # float32 cosine: the shipped SFT checkpoint was made with it, and reproduces bitwise
+        # float32 cosine, as the shipped SFT checkpoint was made with it
         return float(0.5 * (1 + torch.cos(torch.tensor(math.pi * min(1.0, (k - W) / remaining)))))
 
     def scheduler(self, optimizer: torch.optim.Optimizer, total: int | None) -> torch.optim.lr_scheduler.LambdaLR:

@@ -11,6 +11,8 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache, DynamicLayer, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, TemperatureLogitsWarper, TopPLogitsWarper
 
+from lit_vine.experience import position_ids
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -157,9 +159,8 @@ class HFEngine(RolloutEngine):
         """``n`` completions of each row (row-major): one prefill per row, its KV cache forked to
         the ``n`` samples; once a quarter of the batch has emitted EOS, those rows leave it."""
         eos, n = self.tokenizer.eos_token_id, params.n
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.policy.config)
-        logits = self.policy(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).logits[:, -1]
+        logits = self.policy(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), past_key_values=cache, use_cache=True).logits[:, -1]
         reserve(cache, repeats=n, extra=max_new_tokens)  # the fork, into room for every new token
         logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
         rows = torch.arange(len(mask), device=ids.device)  # the output row of each batch row

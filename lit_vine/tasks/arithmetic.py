@@ -98,7 +98,7 @@ class Chain:
         every step is right."""
         values = self.values()
         for i, step in enumerate(steps):
-            line, _, rest = step.lstrip("\n").partition("\n")
+            line = step.lstrip("\n").partition("\n")[0]
             if i < len(self.ops):
                 match = _STEP.fullmatch(line.strip())
                 op, x = self.ops[i]
@@ -172,7 +172,7 @@ class ArithmeticTask(Task):
             if 1 <= value <= self.max_value // 2:
                 choices.append(("*", rng.randint(2, min(9, self.max_value // value))))
             op, x = rng.choice([c for c in choices if c[0] in self.operations] or choices)
-            value = value + x if op == "+" else value - x if op == "-" else value * x
+            value = apply(op, value, x)
             ops.append((op, x))
         return Chain(start, tuple(ops))
 
