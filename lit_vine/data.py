@@ -38,6 +38,7 @@ class TaskDataModule(LightningDataModule):
         self.task = task or ArithmeticTask()
         self.prompts_per_iteration, self.eval_batch_size, self.seed = prompts_per_iteration, eval_batch_size, seed
         self.sample_with_replacement = sample_with_replacement
+        self._pass_orders: dict[tuple[int, int], list[int]] = {}  # (pass, n) -> order; only the latest kept
 
     def iteration_problems(self, iteration: int, rank: int = 0, world_size: int = 1) -> list[Problem]:
         """This rank's prompts for an iteration: a function of (seed, iteration) alone, so a resumed
@@ -53,14 +54,18 @@ class TaskDataModule(LightningDataModule):
                 raise ValueError(f"data.prompts_per_iteration ({k}) exceeds the {n} training problems")
             chosen = random.Random(f"{self.seed}/iteration/{iteration}").sample(range(n), k)
         else:
-            chosen, orders = [], {}
-            for position in range(iteration * k, (iteration + 1) * k):
-                epoch, index = divmod(position, n)
-                if epoch not in orders:  # one shuffle per pass over the training set
-                    orders[epoch] = list(range(n))
-                    random.Random(self.seed * 1_000_003 + epoch).shuffle(orders[epoch])
-                chosen.append(orders[epoch][index])
+            chosen = [self._pass_order(epoch, n)[index] for epoch, index in (divmod(p, n) for p in range(iteration * k, (iteration + 1) * k))]
         return [train[i] for i in chosen][rank::world_size]
+
+    def _pass_order(self, epoch: int, n: int) -> list[int]:
+        """The order of the ``n`` training problems in pass ``epoch``: one shuffle per pass, kept while
+        the iterations read that pass (a shuffle of 20,000 costs 3 % of a quickstart iteration)."""
+        key = (epoch, n)
+        if key not in self._pass_orders:
+            order = list(range(n))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            self._pass_orders = {**{k: v for k, v in self._pass_orders.items() if k[0] >= epoch - 1}, key: order}
+        return self._pass_orders[key]
 
     def train_dataloader(self) -> DataLoader:
         module, trainer = self.trainer.lightning_module, self.trainer

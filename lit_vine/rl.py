@@ -13,6 +13,7 @@ from lit_vine.advantages import masked_mean, whiten
 from lit_vine.algorithms import Algorithm, VinePPO, Whitening
 from lit_vine.evaluation import EvalConfig
 from lit_vine.experience import Experience, position_ids
+from lit_vine.packing import pack, packing_works
 from lit_vine.losses import (
     Aggregation,
     KLEstimator,
@@ -78,6 +79,15 @@ class RLModule(PolicyModule):
         gradient_checkpointing: recompute the policy's and critic's activations during backward
             instead of keeping them: less memory for long responses and large models, for about
             one extra forward pass per update. Same gradients.
+        packing: run every scoring and training forward on the micro-batch's episodes laid end to
+            end (``lit_vine.packing``) instead of padded to the longest: the same outputs, without
+            the padding's share of the work. Checked once against the padded forward; a model
+            whose attention ignores the episode boundaries falls back to padding, with a warning.
+        reuse_sampler_logprobs: PPO-family objectives take the old policy's log-probs from the
+            rollout engine when it has them (``HFEngine``'s fork decoding scores every token it
+            samples with the live policy) instead of a second forward over every episode. In fp32
+            they equal that forward's within 1e-5 (tested); a bf16 policy's cached decode can differ
+            from a full forward by ~1e-2 in a log-prob: set ``False`` to recompute.
     """
 
     def __init__(
@@ -118,6 +128,8 @@ class RLModule(PolicyModule):
         max_consecutive_nonfinite: int = 3,
         max_mean_ratio: float | None = 10.0,
         gradient_checkpointing: bool = False,
+        packing: bool = True,
+        reuse_sampler_logprobs: bool = True,
     ) -> None:
         check(responses_per_prompt >= 1, f"responses_per_prompt must be >= 1, got {responses_per_prompt}")
         check(learning_rate > 0, f"learning_rate must be > 0, got {learning_rate}")
@@ -162,6 +174,9 @@ class RLModule(PolicyModule):
         self.value_pretraining = {"active": self.algorithm.value_pretrain_iterations > 0, "best_ev": float("-inf"), "stale": 0}
         self.update_guard = UpdateGuard(max_consecutive_nonfinite, max_mean_ratio)
         self.policy_updates = 0  # policy optimizer steps taken (a critic's are not counted)
+        self.packing = packing and packing_works(self.policy)
+        # only the PPO family scores at the sampling temperature, as the engine's log-probs are
+        self.sampler_logprobs = reuse_sampler_logprobs and self.algorithm.objective == "ppo"
 
     # ----- experience ---------------------------------------------------------------------------
     def _per_micro_batch(self, fn, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -169,12 +184,22 @@ class RLModule(PolicyModule):
         size = self.hparams.micro_batch_size
         return torch.cat([fn(ids, mask) for ids, mask in zip(input_ids.split(size), attention_mask.split(size))])
 
+    def outputs(self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, columns: slice) -> Tensor:
+        """``model``'s logits ``(B, C, V)`` (a critic's values ``(B, C)``) at the padded batch's
+        ``columns``, from a packed forward when ``packing`` is on. Padded places are not zeroed."""
+        if self.packing:
+            packed = pack(input_ids, attention_mask, self.tokenizer.pad_token_id)
+            out = model(input_ids=packed.input_ids, attention_mask=None, position_ids=packed.position_ids, use_cache=False)
+            return packed.unpack(getattr(out, "logits", out), columns)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False)
+        return getattr(out, "logits", out)[:, columns]
+
     @torch.no_grad()
     def sequence_logprobs(self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, T: int) -> Tensor:
         """Temperature-scaled log-probs ``(B, T)`` of the last ``T`` tokens."""
 
         def logprobs(ids: Tensor, mask: Tensor) -> Tensor:
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits[:, -T - 1 : -1]
+            logits = self.outputs(model, ids, mask, slice(-T - 1, -1))
             return token_logprobs(logits / self.score_temperature, ids[:, -T:])[0]
 
         return self._per_micro_batch(logprobs, input_ids, attention_mask)
@@ -182,14 +207,23 @@ class RLModule(PolicyModule):
     @torch.no_grad()
     def critic_values(self, input_ids: Tensor, attention_mask: Tensor, T: int) -> Tensor:
         """V(s_t) ``(B, T)`` for the state before each response token."""
-        return self._per_micro_batch(lambda ids, mask: self.critic(ids, mask, position_ids(mask))[:, -T - 1 : -1], input_ids, attention_mask)
+        return self._per_micro_batch(lambda ids, mask: self.outputs(self.critic, ids, mask, slice(-T - 1, -1)), input_ids, attention_mask)
 
     @torch.no_grad()
-    def score_tokens(self, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def score_tokens(
+        self, input_ids: Tensor, attention_mask: Tensor, response_mask: Tensor, sampler_logprobs: list[list[float] | None] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Sampled episodes' log-probs under the policy and the reference, and the critic's values
-        (``None`` without a critic), all ``(B, T)`` over the ``T`` response columns."""
+        (``None`` without a critic), all ``(B, T)`` over the ``T`` response columns. The policy's
+        come from ``sampler_logprobs`` (one list per episode) when the engine gave them all."""
         T = response_mask.shape[1]
-        old_logprobs = self.sequence_logprobs(self.policy, input_ids, attention_mask, T)
+        if self.sampler_logprobs and sampler_logprobs and all(lp is not None for lp in sampler_logprobs):
+            old_logprobs = torch.zeros(response_mask.shape)
+            for row, logprobs in enumerate(sampler_logprobs):
+                old_logprobs[row, : len(logprobs)] = torch.tensor(logprobs)
+            old_logprobs = old_logprobs.to(response_mask.device)
+        else:
+            old_logprobs = self.sequence_logprobs(self.policy, input_ids, attention_mask, T)
         ref_logprobs = self.sequence_logprobs(self.reference, input_ids, attention_mask, T)
         values = self.critic_values(input_ids, attention_mask, T) * response_mask if self.critic is not None else None
         return old_logprobs, ref_logprobs, values
@@ -266,8 +300,7 @@ class RLModule(PolicyModule):
         if critic_opt is not None:
             hp = self.hparams
             for micro, share in self._micro_batches(batch):
-                values = self.critic(micro.input_ids, micro.attention_mask, position_ids(micro.attention_mask))
-                values = values[:, micro.prompt_width - 1 : -1]
+                values = self.outputs(self.critic, micro.input_ids, micro.attention_mask, slice(micro.prompt_width - 1, -1))
                 v_loss, v_stats = value_loss(values, micro.old_values, micro.returns, micro.response_mask, hp.value_clip, hp.loss_aggregation)
                 weight = share[hp.loss_aggregation]
                 self.manual_backward(v_loss * weight)
@@ -287,9 +320,7 @@ class RLModule(PolicyModule):
         aggregation (summed over micro-batches they give the mini-batch's values)."""
         hp = self.hparams
         P, mask = micro.prompt_width, micro.loss_mask
-        logits = self.policy(
-            input_ids=micro.input_ids, attention_mask=micro.attention_mask, position_ids=position_ids(micro.attention_mask)
-        ).logits[:, P - 1 : -1]
+        logits = self.outputs(self.policy, micro.input_ids, micro.attention_mask, slice(P - 1, -1))
         logprobs, entropy = token_logprobs(logits / self.score_temperature, micro.input_ids[:, P:])
         objective, how = self.algorithm.objective, hp.loss_aggregation
         if objective == "ppo":

@@ -110,3 +110,26 @@ def test_sampled_mc_values_of_both_decodings_agree(sft):
     mean = sum(a + b) / (2 * len(a))
     assert abs(sum(a) - sum(b)) / len(a) <= 4 * math.sqrt(max(mean * (1 - mean), 1 / n) * 2 / (n * len(a)))
     assert 0.05 < mean < 0.95  # the states are neither sure wins nor sure losses: the check has teeth
+
+
+def test_fork_hands_over_the_log_probs_a_forward_gives(sft):
+    """Each sampled token's log-prob under softmax(logits / T) from a full forward of prompt +
+    completion equals the one the fork decoder hands over (RLModule then skips that forward)."""
+    model, tok = sft
+    fork, generate = engines(model, tok)
+    prompts = [tok("12+7=").input_ids, tok("3+45+6=").input_ids]
+    params = SamplingParams(temperature=0.6, top_p=0.9, max_new_tokens=30, n=3, logprobs=True)
+    out = fork.generate(prompts, params, seed=0)
+    checked = 0
+    for prompt, group in zip(prompts, out):
+        for completion in group:
+            assert len(completion.logprobs) == len(completion) > 0
+            ids = torch.tensor([prompt + list(completion)])
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+            expected = torch.log_softmax(logits / 0.6, -1).gather(-1, ids[0, len(prompt) :, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(completion.logprobs), expected, atol=1e-5, rtol=1e-5)
+            checked += len(completion)
+    assert checked > 20
+    assert fork.generate(prompts, params.with_(logprobs=False), seed=0)[0][0].logprobs is None
+    assert getattr(generate.generate(prompts, params, seed=0)[0][0], "logprobs", None) is None  # recomputed by the trainer

@@ -110,7 +110,8 @@ class RolloutCallback(Callback):
         start = time.perf_counter()
         prompts = [module.encode_prompt(p) for p in problems]
         engine = self.engine_for(module)
-        sampled = engine.generate(prompts, module.sampling.with_(n=hp.responses_per_prompt), seed=module.derived_seed("rollout"))
+        params = module.sampling.with_(n=hp.responses_per_prompt, logprobs=module.sampler_logprobs)
+        sampled = engine.generate(prompts, params, seed=module.derived_seed("rollout"))
         episodes = [(i, ids) for i, group in enumerate(sampled) for ids in group]
         scored = task.score_many([(ids, problems[i]) for i, ids in episodes], tokenizer)
         generated = time.perf_counter()
@@ -118,7 +119,8 @@ class RolloutCallback(Callback):
         input_ids, attention_mask, response_mask = (
             x.to(module.device) for x in pad_batch([prompts[i] for i, _ in episodes], [ids for _, ids in episodes], tokenizer.pad_token_id)
         )
-        old_logprobs, ref_logprobs, values = module.score_tokens(input_ids, attention_mask, response_mask)
+        sampler_logprobs = [getattr(ids, "logprobs", None) for _, ids in episodes]
+        old_logprobs, ref_logprobs, values = module.score_tokens(input_ids, attention_mask, response_mask, sampler_logprobs)
         scores = torch.tensor([reward for _, reward in scored], device=module.device)
         lengths = response_mask.sum(-1).long()
         token_rewards = torch.zeros_like(response_mask)

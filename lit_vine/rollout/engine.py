@@ -24,6 +24,7 @@ class SamplingParams:
     max_new_tokens: int = 64
     n: int = 1
     max_total_tokens: int | None = None
+    logprobs: bool = False  # ask for each token's log-prob (Completion.logprobs); not every engine has them
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -35,6 +36,14 @@ class SamplingParams:
 
     def with_(self, **changes) -> SamplingParams:
         return replace(self, **changes)
+
+
+class Completion(list):
+    """A sampled completion: its token ids (it is the list) and ``logprobs``, each token's
+    log-probability under softmax(logits / temperature) of the policy that sampled it, before top-p
+    (what PPO scores), when the request asked for them and the engine has them; else ``None``."""
+
+    logprobs: list[float] | None = None
 
 
 class RolloutEngine(ABC):
@@ -157,8 +166,11 @@ class HFEngine(RolloutEngine):
 
     def _fork(self, ids: Tensor, mask: Tensor, params: SamplingParams, max_new_tokens: int) -> list[list[int]]:
         """``n`` completions of each row (row-major): one prefill per row, its KV cache forked to
-        the ``n`` samples; once a quarter of the batch has emitted EOS, those rows leave it."""
+        the ``n`` samples; once a quarter of the batch has emitted EOS, those rows leave it. With
+        ``params.logprobs`` each token's log-prob comes along: the live policy's own, so PPO's
+        old-policy forward can be skipped."""
         eos, n = self.tokenizer.eos_token_id, params.n
+        with_logprobs = params.logprobs and params.temperature > 0
         cache = DynamicCache(config=self.policy.config)
         logits = self.policy(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), past_key_values=cache, use_cache=True).logits[:, -1]
         reserve(cache, repeats=n, extra=max_new_tokens)  # the fork, into room for every new token
@@ -166,7 +178,8 @@ class HFEngine(RolloutEngine):
         rows = torch.arange(len(mask), device=ids.device)  # the output row of each batch row
         alive = torch.ones_like(rows, dtype=torch.bool)
         position = mask.sum(-1, keepdim=True)  # the next token's position
-        completions: list[list[int]] = [[] for _ in range(len(mask))]
+        completions = [Completion() for _ in range(len(mask))]
+        logprobs: list[list[float]] = [[] for _ in range(len(mask))]
         warpers = LogitsProcessorList() if params.temperature == 0 else LogitsProcessorList(
             [TemperatureLogitsWarper(params.temperature), TopPLogitsWarper(params.top_p)]
         )
@@ -175,6 +188,10 @@ class HFEngine(RolloutEngine):
             tokens = scores.argmax(-1) if params.temperature == 0 else torch.multinomial(scores.softmax(-1), 1)[:, 0]
             for row, token in zip(rows[alive].tolist(), tokens[alive].tolist()):
                 completions[row].append(token)
+            if with_logprobs:
+                chosen = torch.log_softmax(logits.float() / params.temperature, -1).gather(-1, tokens[:, None])[:, 0]
+                for row, logprob in zip(rows[alive].tolist(), chosen[alive].tolist()):
+                    logprobs[row].append(logprob)
             alive &= tokens != eos
             if step == max_new_tokens - 1 or not alive.any():
                 break
@@ -185,6 +202,9 @@ class HFEngine(RolloutEngine):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], -1)
             logits = self.policy(input_ids=tokens[:, None], attention_mask=mask, position_ids=position, past_key_values=cache, use_cache=True).logits[:, -1]
             position = position + 1
+        if with_logprobs:
+            for completion, values in zip(completions, logprobs):
+                completion.logprobs = values
         return completions
 
 
