@@ -1,6 +1,6 @@
 """lit-vine: reinforcement learning for step-by-step reasoning, VinePPO at its heart, on Lightning."""
 
-from lit_vine.algorithms import GRPO, PPO, RLOO, VCPPO, Algorithm, DPOPlus, Reinforce, RestEM, SPOChain, VinePPO
+from lit_vine.algorithms import GRPO, PPO, RLOO, VCPPO, Algorithm, DPOPlus, Reinforce, RestEM, SPOChain, SPOTree, VinePPO
 from lit_vine.data import SFTDataModule, TaskDataModule
 from lit_vine.policy_module import PolicyModule
 from lit_vine.rl import RLModule
@@ -28,6 +28,7 @@ __all__ = [
     "RolloutEngine",
     "SFTDataModule",
     "SPOChain",
+    "SPOTree",
     "SFTModule",
     "SamplingParams",
     "Task",

@@ -11,6 +11,7 @@ weighted negative log-likelihood (RestEM's SFT on filtered samples) or the DPO-P
 
 from __future__ import annotations
 
+import random
 import re
 import time
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ from lit_vine.errors import check
 from lit_vine.experience import Rollouts
 from lit_vine.rollout.engine import RolloutEngine, SamplingParams
 from lit_vine.steps import step_token_ends
-from lit_vine.tasks.base import Task
+from lit_vine.tasks.base import Problem, Task
 
 
 @dataclass
@@ -44,6 +45,18 @@ class RolloutContext:
 Whitening = Literal["batch", "mini_batch", "none"]
 
 
+@dataclass
+class Episode:
+    """One training episode as sampled: the prompt it continues (a tree's edge continues its
+    parent's whole text), its response tokens and, when the algorithm knows it already, its return
+    (``None``: the task grades the response)."""
+
+    problem: int  # index into the iteration's problems
+    prompt_ids: list[int]
+    response_ids: list[int]
+    reward: float | None = None
+
+
 class Algorithm:
     """Base class. ``uses_critic`` tells the trainer to build and train a value model;
     ``value_pretrain_iterations`` how many first iterations train the critic alone; ``whitening``
@@ -56,6 +69,13 @@ class Algorithm:
     value_pretrain_patience: int = 1
     whitening: Whitening = "none"
     min_responses_per_prompt: int = 1
+
+    whole_responses: bool = True  # episodes are whole responses to the prompt (step blame applies)
+
+    def sample(self, prompts: list[list[int]], problems: list[Problem], params: SamplingParams, ctx: RolloutContext, seed: int) -> list[Episode]:
+        """The iteration's episodes: ``params.n`` responses to every prompt."""
+        sampled = ctx.engine.generate(prompts, params, seed=seed)
+        return [Episode(i, prompts[i], ids) for i, group in enumerate(sampled) for ids in group]
 
     def advantages(self, rollouts: Rollouts, ctx: RolloutContext) -> tuple[Tensor, Tensor | None]:
         """Per-token advantages ``(B, T)`` and critic targets ``(B, T)`` (``None`` without critic)."""
@@ -337,7 +357,7 @@ class SPOChain(Algorithm):
         self.num_mc_rollouts, self.cutpoint_interval, self.prob_threshold = num_mc_rollouts, cutpoint_interval, prob_threshold
 
     def policy_mask(self, rollouts: Rollouts) -> Tensor:
-        return rollouts.response_mask * (rollouts.old_logprobs.exp() < self.prob_threshold)
+        return probability_mask(rollouts, self.prob_threshold)
 
     def advantages(self, rollouts: Rollouts, ctx: RolloutContext) -> tuple[Tensor, None]:
         start = time.perf_counter()
@@ -359,6 +379,130 @@ class SPOChain(Algorithm):
             }
         )
         return advantages * mask, None
+
+
+class SPOTree(Algorithm):
+    """SPO-tree (Guo et al. 2025, arXiv 2505.23564): each prompt grows a tree whose samples are at
+    once the training episodes and the Monte Carlo estimates of their parents' values.
+
+    As in the authors' code (``hybrid_inference_strategy.py``, ``tree_episode_generator.py``): the
+    root is the prompt; a node at depth d < D - 1 gets ``branching[d]`` children of
+    ``segment_tokens`` new tokens each, the last depth's children run to the end (within
+    ``max_new_tokens`` for the whole response). A leaf (the last depth, or a segment that ended with
+    EOS or ran out of room) is worth its reward; every other node the mean of its children's worth.
+    Every edge parent -> child is an episode: the prompt is the parent's whole text, the response
+    the child's segment, every token's advantage V(child) - V(parent). Edges with advantage 0 are
+    dropped (the authors' ``only_adv_greater_than_zero``, which drops exactly those), at most
+    ``max_edges_per_prompt`` are kept per prompt (a seeded draw), and the loss sees the
+    low-probability tokens only, as SPO-chain. The authors carry the edges over the cap into later
+    iterations (an on-policy replay buffer of up to 8 iterations); lit-vine drops them.
+
+    Args:
+        branching: children per node at each depth (paper, GSM8K: [6, 6, 6]); the iteration's
+            ``responses_per_prompt`` is not used.
+        segment_tokens: new tokens per segment above the last depth (paper: 30).
+        max_edges_per_prompt: edges per prompt trained on per iteration (paper: 32).
+        prob_threshold: the probability mask: the loss uses tokens with p < this (paper: 0.9).
+    """
+
+    whitening = "mini_batch"
+    whole_responses = False
+
+    def __init__(self, branching: Sequence[int] = (6, 6, 6), segment_tokens: int = 30, max_edges_per_prompt: int | None = 32, prob_threshold: float = 0.9) -> None:
+        check(len(branching) >= 1 and all(b >= 1 for b in branching), f"algorithm.branching must be a non-empty list of numbers >= 1, got {branching}")
+        check(segment_tokens >= 1, f"algorithm.segment_tokens must be >= 1, got {segment_tokens}")
+        check(max_edges_per_prompt is None or max_edges_per_prompt >= 1, f"algorithm.max_edges_per_prompt must be >= 1 or null, got {max_edges_per_prompt}")
+        check(0 < prob_threshold <= 1, f"algorithm.prob_threshold must be in (0, 1], got {prob_threshold}")
+        self.branching, self.segment_tokens = list(branching), segment_tokens
+        self.max_edges_per_prompt, self.prob_threshold = max_edges_per_prompt, prob_threshold
+        self._advantages: list[float] = []  # of the episodes sample() returned last
+
+    def grow(self, prompts: list[list[int]], problems: list[Problem], params: SamplingParams, ctx: RolloutContext, seed: int) -> list[TreeNode]:
+        """The trees, one per prompt (their roots), every node valued."""
+        eos = ctx.tokenizer.eos_token_id
+        roots = [TreeNode(problem=i, response=[], segment=[]) for i in range(len(prompts))]
+        frontier = roots
+        for depth, width in enumerate(self.branching):
+            last = depth == len(self.branching) - 1
+            room = params.max_new_tokens - depth * self.segment_tokens  # every frontier node holds depth * M tokens
+            step = params.with_(n=width, max_new_tokens=room if last else min(room, self.segment_tokens))
+            sampled = ctx.engine.generate([prompts[node.problem] + node.response for node in frontier], step, seed=seed + depth)
+            grown = []
+            for node, segments in zip(frontier, sampled):
+                for segment in segments:
+                    child = TreeNode(node.problem, node.response + list(segment), segment)
+                    child.leaf = last or (len(segment) > 0 and segment[-1] == eos) or len(child.response) >= params.max_new_tokens or not segment
+                    node.children.append(child)
+                    grown.append(child)
+            frontier = [node for node in grown if not node.leaf]
+            if not frontier:
+                break
+        leaves = [node for root in roots for node in root.walk() if not node.children]
+        rewards = ctx.task.score_many([(node.response, problems[node.problem]) for node in leaves], ctx.tokenizer)
+        for node, (_, reward) in zip(leaves, rewards):
+            node.value = reward
+        for root in roots:
+            root.evaluate()
+        return roots
+
+    def sample(self, prompts: list[list[int]], problems: list[Problem], params: SamplingParams, ctx: RolloutContext, seed: int) -> list[Episode]:
+        roots = self.grow(prompts, problems, params, ctx, seed)
+        rng = random.Random(seed)
+        episodes, advantages = [], []
+        for root in roots:
+            edges = [(parent, child) for parent in root.walk() for child in parent.children if child.value != parent.value]
+            if self.max_edges_per_prompt is not None and len(edges) > self.max_edges_per_prompt:
+                edges = rng.sample(edges, self.max_edges_per_prompt)
+            for parent, child in edges:
+                episodes.append(Episode(root.problem, prompts[root.problem] + parent.response, child.segment, child.value))
+                advantages.append(child.value - parent.value)
+        self._advantages = advantages
+        nodes = [node for root in roots for node in root.walk()][len(roots):]
+        leaves = [node.value for node in nodes if not node.children]
+        ctx.stats.update({
+            "rollout/reward": sum(leaves) / max(len(leaves), 1),  # of whole responses, not of edges
+            "spo/tree_nodes": float(len(nodes)),
+            "spo/tree_leaves": float(len(leaves)),
+            "spo/edges_kept": float(len(episodes)),
+        })
+        return episodes
+
+    def policy_mask(self, rollouts: Rollouts) -> Tensor:
+        return probability_mask(rollouts, self.prob_threshold)
+
+    def advantages(self, rollouts: Rollouts, ctx: RolloutContext) -> tuple[Tensor, None]:
+        check(len(self._advantages) == len(rollouts.response_ids), "SPOTree.advantages must follow its own sample() on the same episodes")
+        edge = torch.tensor(self._advantages, device=rollouts.response_mask.device, dtype=rollouts.response_mask.dtype)
+        return (edge[:, None] + kl_reward_to_go(rollouts)) * self.policy_mask(rollouts), None
+
+
+@dataclass
+class TreeNode:
+    """A node of an SPO tree: the response so far (all segments from the root) and its last segment."""
+
+    problem: int
+    response: list[int]
+    segment: list[int]
+    children: list[TreeNode] = field(default_factory=list)
+    leaf: bool = False
+    value: float = 0.0
+
+    def walk(self):
+        """This node and its descendants, parents before children."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def evaluate(self) -> float:
+        """A leaf keeps its reward; any other node is worth the mean of its children's worth."""
+        if self.children:
+            self.value = sum(child.evaluate() for child in self.children) / len(self.children)
+        return self.value
+
+
+def probability_mask(rollouts: Rollouts, threshold: float) -> Tensor:
+    """``(B, T)``: SPO's probability mask, the response tokens the sampling policy gave p < ``threshold``."""
+    return rollouts.response_mask * (rollouts.old_logprobs.exp() < threshold)
 
 
 def monte_carlo_values(rollouts: Rollouts, ctx: RolloutContext, states: Sequence[Sequence[int]], num_mc_rollouts: int) -> list[list[float]]:

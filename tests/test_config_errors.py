@@ -32,8 +32,8 @@ def test_unknown_algorithm_lists_exactly_the_concrete_ones(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["fit", "--config", "configs/quickstart.yaml", "--model.algorithm", "PPOX"])
     valid = capsys.readouterr().err.split("valid: ")[1].split("\n")[0].split(", ")
-    # lit-vine's nine, and any subclass defined since (another test module defines one)
-    built_in = {"VinePPO", "PPO", "VCPPO", "GRPO", "RLOO", "Reinforce", "RestEM", "DPOPlus", "SPOChain"}
+    # lit-vine's ten, and any subclass defined since (another test module defines one)
+    built_in = {"VinePPO", "PPO", "VCPPO", "GRPO", "RLOO", "Reinforce", "RestEM", "DPOPlus", "SPOChain", "SPOTree"}
     assert built_in <= set(valid) and set(valid) == set(concrete_algorithms())
     assert {name for name, cls in concrete_algorithms().items() if cls.__module__ == "lit_vine.algorithms"} == built_in
     assert "GroupBaseline" not in valid and "Algorithm" not in valid
@@ -42,7 +42,7 @@ def test_unknown_algorithm_lists_exactly_the_concrete_ones(capsys, monkeypatch):
 @pytest.mark.parametrize(
     "name, cls",
     [("vineppo", "VinePPO"), ("grpo", "GRPO"), ("vc-ppo", "VCPPO"), ("VC_PPO", "VCPPO"), ("dpo+", "DPOPlus"),
-     ("DPO-Plus", "DPOPlus"), ("rest-em", "RestEM"), ("REINFORCE", "Reinforce"), ("PPO", "PPO"), ("spo-chain", "SPOChain")],
+     ("DPO-Plus", "DPOPlus"), ("rest-em", "RestEM"), ("REINFORCE", "Reinforce"), ("PPO", "PPO"), ("spo-chain", "SPOChain"), ("spo-tree", "SPOTree")],
 )
 def test_algorithm_names_are_case_and_spelling_insensitive(name, cls, monkeypatch):
     monkeypatch.chdir(REPO)

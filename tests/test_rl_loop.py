@@ -9,7 +9,7 @@ from lightning import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from conftest import REPO
-from lit_vine import GRPO, PPO, RLOO, VCPPO, ArithmeticTask, DPOPlus, Reinforce, RestEM, RLModule, SPOChain, TaskDataModule, VinePPO
+from lit_vine import GRPO, PPO, RLOO, VCPPO, ArithmeticTask, DPOPlus, Reinforce, RestEM, RLModule, SPOChain, SPOTree, TaskDataModule, VinePPO
 from lit_vine.cli import main
 from lit_vine.evaluation import EvalConfig
 from lit_vine.experience import Experience, pad_batch
@@ -75,8 +75,8 @@ def test_short_rl_loop_updates_policy_and_logs(algorithm, tmp_path):
 @pytest.mark.parametrize(
     "algorithm",
     [GRPO(), RLOO(), Reinforce(), RestEM(), DPOPlus(), VCPPO(value_pretrain_iterations=0), VCPPO(value_pretrain_iterations=0, length_adaptive_alpha=0.05),
-     SPOChain(num_mc_rollouts=2, cutpoint_interval=2)],
-    ids=["GRPO", "RLOO", "Reinforce", "RestEM", "DPOPlus", "VCPPO", "VAPO-lambda", "SPOChain"],
+     SPOChain(num_mc_rollouts=2, cutpoint_interval=2), SPOTree(branching=[2, 2], segment_tokens=8)],
+    ids=["GRPO", "RLOO", "Reinforce", "RestEM", "DPOPlus", "VCPPO", "VAPO-lambda", "SPOChain", "SPOTree"],
 )
 def test_every_method_updates_the_policy(algorithm, tmp_path):
     trainer, module, policy_before, _ = tiny_run(algorithm, tmp_path, iterations=1, responses_per_prompt=4)

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from lit_vine.advantages import spo_cutpoints
-from lit_vine.algorithms import SPOChain
-from test_vine import ScriptedEngine, context, make_rollouts
+from lit_vine.algorithms import RolloutContext, SPOChain, SPOTree
+from lit_vine.rollout.engine import SamplingParams
+from lit_vine.tasks.base import Problem
+from test_vine import EOS, CharTokenizer, LineTask, ScriptedEngine, context, make_rollouts
 
 
 def test_cut_points_are_every_interval_th_low_probability_token():
@@ -88,3 +90,72 @@ def test_policy_mask_restricts_the_policy_loss_and_its_kl_term():
         assert float(stats["kl_ref"]) == pytest.approx(kl, rel=1e-4)
         surrogate = -1.0 / float(policy_mask.sum())  # ratio 1: -mean of A over the kept tokens
         assert float(loss.detach()) == pytest.approx(surrogate + (0.5 * kl if kl_in == "loss" else 0.0), rel=1e-4)
+
+
+# ----- SPO-tree ----------------------------------------------------------------------------------
+class EndsInTu(LineTask):
+    def reward(self, response, problem):
+        return float(response.endswith("tu"))
+
+
+def test_tree_bookkeeping_values_edges_and_dropped_zero_advantages():
+    # branching (3, 2), segments of 2 tokens, 10 new tokens in all. The root "Q:" grows "ab" and
+    # "de" (cut at 2 tokens: inner nodes) and "x" EOS (ended: a leaf worth 0). The last depth runs
+    # to the end: "ab" -> "tu", "zz" (worth 1, 0), "de" -> "tu", "tu". So V(ab) = 1/2, V(de) = 1,
+    # V(root) = (1/2 + 0 + 1) / 3 = 1/2.
+    table = {"Q:": ["abqq", "x", "deqq"], "Q:ab": ["tu", "zz"], "Q:de": ["tu"]}
+    engine = ScriptedEngine(table)
+    ctx = RolloutContext(engine, CharTokenizer(), EndsInTu(), SamplingParams(max_new_tokens=10), seed=0)
+    tree = SPOTree(branching=[3, 2], segment_tokens=2, max_edges_per_prompt=None)
+    prompt = [ord(ch) for ch in "Q:"]
+    problems = [Problem("p", "Q:", "z")]
+    [root] = tree.grow([prompt], problems, ctx.sampling, ctx, seed=0)
+    decode = CharTokenizer().decode
+    assert engine.calls == [(1, 3), (2, 2)]  # depth 0: the root; depth 1: the two inner nodes together
+    values = {decode(node.response): node.value for node in root.walk()}
+    assert values == {"": 0.5, "ab": 0.5, "x": 0.0, "de": 1.0, "abtu": 1.0, "abzz": 0.0, "detu": 1.0}
+    for node in root.walk():  # each node's value is the mean reward of its subtree's leaves (uniform branching)
+        if node.children:
+            assert node.value == sum(child.value for child in node.children) / len(node.children)
+
+    episodes = tree.sample([prompt], problems, ctx.sampling, ctx, seed=0)
+    got = {(decode(e.prompt_ids), decode(e.response_ids)): (e.reward, adv) for e, adv in zip(episodes, tree._advantages)}
+    # root -> ab (1/2 - 1/2) and de -> tu twice (1 - 1) have advantage 0: dropped
+    assert got == {("Q:", "x"): (0.0, -0.5), ("Q:", "de"): (1.0, 0.5), ("Q:ab", "tu"): (1.0, 0.5), ("Q:ab", "zz"): (0.0, -0.5)}
+    assert all(e.response_ids[-1] == EOS for e in episodes if decode(e.response_ids) in ("x", "tu", "zz"))
+    assert ctx.stats["rollout/reward"] == pytest.approx(3 / 5)  # leaves x, abtu, abzz, detu, detu: 0, 1, 0, 1, 1
+
+    capped = SPOTree(branching=[3, 2], segment_tokens=2, max_edges_per_prompt=3).sample([prompt], problems, ctx.sampling, ctx, seed=0)
+    assert len(capped) == 3 and {(decode(e.prompt_ids), decode(e.response_ids)) for e in capped} <= set(got)
+
+
+def test_tree_advantages_are_the_edge_values_on_the_masked_tokens():
+    tree = SPOTree(branching=[2], segment_tokens=4)
+    tree._advantages = [0.5, -0.25]
+    rollouts = make_rollouts("Q:", ["ab", "de"], [1.0, 0.0])
+    rollouts.old_logprobs[:, :3] = torch.log(torch.tensor([[0.5, 0.95, 0.2], [0.3, 0.4, 0.99]]))
+    adv, returns = tree.advantages(rollouts, context(ScriptedEngine({})))
+    assert returns is None
+    assert adv.tolist() == [[0.5, 0.0, 0.5], [-0.25, -0.25, 0.0]]  # p >= 0.9 masked out
+    tree._advantages = [0.5]
+    with pytest.raises(Exception, match="sample"):
+        tree.advantages(rollouts, context(ScriptedEngine({})))
+
+
+def test_spo_tree_preset_runs_one_quickstart_iteration(tmp_path):
+    """The preset on the quickstart, segments scaled to its ~20-token answers: the tree's edges
+    train the policy, and the logged reward is that of whole responses."""
+    from conftest import REPO
+    from lit_vine.cli import main
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    main(["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--config", str(REPO / "configs" / "methods" / "spo_tree.yaml"),
+          "--model.algorithm.segment_tokens=8", "--model.algorithm.branching=[3, 2, 2]", "--data.init_args.prompts_per_iteration=4",
+          "--trainer.max_epochs=1", "--trainer.check_val_every_n_epoch=100", f"--trainer.logger.init_args.save_dir={tmp_path}",
+          "--trainer.callbacks=[{class_path: lit_vine.RolloutCallback}]", "--trainer.enable_progress_bar=false"])
+    events = EventAccumulator(str(next(tmp_path.rglob("events.out.tfevents*")).parent))
+    events.Reload()
+    scalars = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"]}
+    assert scalars["spo/tree_nodes"] > 4 * 3  # more than the first depth grew
+    assert scalars["spo/edges_kept"] > 0 and scalars["train/policy_updates"] > 0
+    assert 0 <= scalars["rollout/reward"] <= 1

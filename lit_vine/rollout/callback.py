@@ -111,15 +111,17 @@ class RolloutCallback(Callback):
         prompts = [module.encode_prompt(p) for p in problems]
         engine = self.engine_for(module)
         params = module.sampling.with_(n=hp.responses_per_prompt, logprobs=module.sampler_logprobs)
-        sampled = engine.generate(prompts, params, seed=module.derived_seed("rollout"))
-        episodes = [(i, ids) for i, group in enumerate(sampled) for ids in group]
-        scored = task.score_many([(ids, problems[i]) for i, ids in episodes], tokenizer)
+        ctx = RolloutContext(engine, tokenizer, task, module.sampling, module.derived_seed("values"))
+        episodes = module.algorithm.sample(prompts, problems, params, ctx, seed=module.derived_seed("rollout"))
+        to_grade = [e for e in episodes if e.reward is None]  # a tree's edges come valued
+        graded = iter(task.score_many([(e.response_ids, problems[e.problem]) for e in to_grade], tokenizer))
+        scored = [next(graded) if e.reward is None else (tokenizer.decode(e.response_ids, skip_special_tokens=True), e.reward) for e in episodes]
         generated = time.perf_counter()
 
         input_ids, attention_mask, response_mask = (
-            x.to(module.device) for x in pad_batch([prompts[i] for i, _ in episodes], [ids for _, ids in episodes], tokenizer.pad_token_id)
+            x.to(module.device) for x in pad_batch([e.prompt_ids for e in episodes], [e.response_ids for e in episodes], tokenizer.pad_token_id)
         )
-        sampler_logprobs = [getattr(ids, "logprobs", None) for _, ids in episodes]
+        sampler_logprobs = [getattr(e.response_ids, "logprobs", None) for e in episodes]
         old_logprobs, ref_logprobs, values = module.score_tokens(input_ids, attention_mask, response_mask, sampler_logprobs)
         scores = torch.tensor([reward for _, reward in scored], device=module.device)
         lengths = response_mask.sum(-1).long()
@@ -129,10 +131,10 @@ class RolloutCallback(Callback):
         if hp.kl_in == "reward":
             token_rewards = token_rewards - module.kl_coef * kl
         rollouts = Rollouts(
-            problems=[problems[i] for i, _ in episodes],
-            group=torch.tensor([i for i, _ in episodes]),
-            prompt_ids=[prompts[i] for i, _ in episodes],
-            response_ids=[ids for _, ids in episodes],
+            problems=[problems[e.problem] for e in episodes],
+            group=torch.tensor([e.problem for e in episodes]),
+            prompt_ids=[e.prompt_ids for e in episodes],
+            response_ids=[e.response_ids for e in episodes],
             texts=[text for text, _ in scored],
             scores=scores,
             input_ids=input_ids,
@@ -145,13 +147,12 @@ class RolloutCallback(Callback):
         )
         scored_at = time.perf_counter()
 
-        ctx = RolloutContext(engine, tokenizer, task, module.sampling, module.derived_seed("values"))
         raw_advantages, returns = module.algorithm.advantages(rollouts, ctx)
         policy_mask = module.algorithm.policy_mask(rollouts)
         advantages = whiten(raw_advantages, response_mask if policy_mask is None else policy_mask) if module.whitening == "batch" else raw_advantages
         engine.sleep()  # generation is done until the next weight sync: give its memory to training
 
-        finished = torch.tensor([bool(ids) and ids[-1] == tokenizer.eos_token_id for _, ids in episodes], dtype=torch.float)
+        finished = torch.tensor([bool(e.response_ids) and e.response_ids[-1] == tokenizer.eos_token_id for e in episodes], dtype=torch.float)
         self._stats = {
             "rollout/reward": float(scores.mean()),
             "rollout/finished": float(finished.mean()),
@@ -163,16 +164,17 @@ class RolloutCallback(Callback):
             "advantages/abs_mean": float(masked_mean(raw_advantages.abs(), response_mask)),
             "time/generation": generated - start,
             "time/scoring": scored_at - generated,
-            **check_responses([ids for _, ids in episodes], tokenizer.eos_token_id, hp.max_new_tokens, trainer.current_epoch),
             **ctx.stats,
         }
-        if task.checks_steps:  # does the estimator blame the step that went wrong? (lit_vine.blame)
+        if module.algorithm.whole_responses:
+            self._stats.update(check_responses([e.response_ids for e in episodes], tokenizer.eos_token_id, hp.max_new_tokens, trainer.current_epoch))
+        if task.checks_steps and module.algorithm.whole_responses:  # does the estimator blame the step that went wrong? (lit_vine.blame)
             self._stats.update(blame_statistics(rollouts.problems, rollouts.response_ids, rollouts.texts, scores, raw_advantages, task, tokenizer))
         if values is not None:
             self._stats.update(module.update_value_pretraining(values, returns, response_mask))
         self._samples = [
-            f"**prompt** {problems[i].question}\n\n**response** {text}\n\n**reward** {r}"
-            for (i, _), (text, r) in list(zip(episodes, scored))[:: max(1, len(episodes) // 4)]
+            f"**prompt** {problems[e.problem].question}\n\n**response** {text}\n\n**reward** {r}"
+            for e, (text, r) in list(zip(episodes, scored))[:: max(1, len(episodes) // 4)]
         ]
         zeros = torch.zeros_like(response_mask)
         experience = Experience(

@@ -1,0 +1,129 @@
+"""Where an RL iteration's time goes: ``torch.profiler`` over quickstart iterations of one method.
+
+    python benchmarks/profile_iteration.py --algorithm GRPO
+    python benchmarks/profile_iteration.py --algorithm VinePPO
+
+Runs ``configs/quickstart.yaml`` with ``--model.algorithm <name>`` for ``--iterations`` iterations
+(no validation or test), profiles all but the first, and writes
+``benchmarks/profile/<algorithm>.md``: seconds per phase (the run's own ``time/*`` metrics),
+each phase's share of the profiled time, and the operators that took the most time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from lightning import Callback
+from torch.profiler import ProfilerActivity, profile, record_function
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lit_vine import HFEngine, RLModule  # noqa: E402
+from lit_vine.algorithms import monte_carlo_values  # noqa: E402
+from lit_vine.callbacks import TestReport  # noqa: E402
+from lit_vine.cli import LitVineCLI  # noqa: E402
+import lit_vine.algorithms as algorithms  # noqa: E402
+
+# Functions whose time is a phase; a phase nested in another is subtracted from it in the table.
+PHASES = {
+    "generation": (HFEngine, "generate"),
+    "scoring": (RLModule, "score_tokens"),
+    "training step": (RLModule, "training_step"),
+}
+
+
+def labelled(name: str, fn):
+    def wrapper(*args, **kwargs):
+        with record_function(f"phase: {name}"):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+class Profiled(Callback):
+    """Profiles every iteration after the first; records the run's phase seconds."""
+
+    def __init__(self) -> None:
+        self.profiler, self.phases = None, []
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        if trainer.current_epoch == 1:
+            self.profiler = profile(activities=[ProfilerActivity.CPU])
+            self.profiler.__enter__()
+
+    def on_train_end(self, trainer, module) -> None:
+        if self.profiler is not None:
+            self.profiler.__exit__(None, None, None)
+
+
+class Phases(Callback):
+    def __init__(self) -> None:
+        self.seconds: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if trainer.current_epoch >= 1:
+            self.seconds.append({k[5:]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("time/")})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algorithm", default="GRPO")
+    parser.add_argument("--iterations", type=int, default=4)
+    args = parser.parse_args()
+
+    for name, (owner, attr) in PHASES.items():
+        setattr(owner, attr, labelled(name, getattr(owner, attr)))
+    algorithms.monte_carlo_values = labelled("MC values (inside generation)", monte_carlo_values)
+
+    cli = LitVineCLI(args=["--config", str(REPO / "configs" / "quickstart.yaml"), f"--model.algorithm={args.algorithm}", f"--trainer.max_epochs={args.iterations}",
+                           "--trainer.logger=false", "--trainer.check_val_every_n_epoch=100000", "--trainer.enable_progress_bar=false",
+                           "--trainer.enable_model_summary=false"], run=False)
+    profiled, phases = Profiled(), Phases()
+    cli.trainer.callbacks = [profiled] + [cb for cb in cli.trainer.callbacks if not isinstance(cb, TestReport)] + [phases]
+    cli.trainer.fit(cli.model, cli.datamodule)
+
+    events = profiled.profiler.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    phase_rows = [(e.key[7:], e.cpu_time_total / 1e6) for e in events if e.key.startswith("phase: ")]
+    ops = sorted((e for e in events if not e.key.startswith("phase: ")), key=lambda e: -e.self_cpu_time_total)[:15]
+    keys = sorted({k for s in phases.seconds for k in s})
+    medians = {k: statistics.median(s.get(k, 0.0) for s in phases.seconds) for k in keys}
+    out = REPO / "benchmarks" / "profile"
+    out.mkdir(exist_ok=True)
+    lines = [
+        f"# Profile of a quickstart iteration: {args.algorithm}",
+        "",
+        f"`python benchmarks/profile_iteration.py --algorithm {args.algorithm} --iterations {args.iterations}`; "
+        f"iterations 2-{args.iterations} profiled ({total:.1f} s of CPU time in operators), torch {torch.__version__}, {torch.get_num_threads()} threads.",
+        "",
+        "Median seconds per iteration (the run's `time/*` metrics):",
+        "",
+        "| phase | s |",
+        "|---|---|",
+        *[f"| {k} | {v:.2f} |" for k, v in medians.items()],
+        "",
+        "Profiled time inside each labelled function (all iterations; MC values run inside VinePPO's advantages):",
+        "",
+        "| function | s | share |",
+        "|---|---|---|",
+        *[f"| {name} | {s:.2f} | {s / total:.0%} |" for name, s in sorted(phase_rows, key=lambda r: -r[1])],
+        "",
+        "Operators by self time:",
+        "",
+        "| operator | calls | self s | share |",
+        "|---|---|---|---|",
+        *[f"| `{e.key}` | {e.count} | {e.self_cpu_time_total / 1e6:.2f} | {e.self_cpu_time_total / 1e6 / total:.0%} |" for e in ops],
+        "",
+    ]
+    path = out / f"{args.algorithm.lower()}.md"
+    path.write_text("\n".join(lines))
+    print("\n".join(lines))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
