@@ -43,7 +43,8 @@ SETTINGS = [
     ("reward", "ArithmeticTask.score (0 if cut before EOS)", "the same function as a reward_func", True),
     ("advantage", "GRPO: (R - group mean) / (group std + 1e-6)", "scale_rewards='group': / (group std + 1e-4)", False),
     ("passes x optimizer steps", "ppo_epochs=2, mini_batch_size=32, micro_batch_size=32", "num_iterations=2, steps_per_generation=4, per_device_train_batch_size=32, gradient_accumulation_steps=1", True),
-    ("old log-probs", "one no-grad forward before training", "computed (gradient_accumulation_steps % generate_every != 0)", True),
+    ("old log-probs", "the sampler's own (HFEngine's fork decoding scores each token it samples; equal to a forward within 1e-5, tests/test_engine.py)", "a no-grad forward (gradient_accumulation_steps % generate_every != 0)", True),
+    ("forward layout", "episodes packed end to end, no padding (lit_vine/packing.py; same numbers, tests/test_packing.py)", "padded batch; log-probs on completion positions only (fused LM head)", True),
     ("loss", "clip 0.2/0.2, token mean over the mini-batch", "epsilon=0.2, loss_type='bnpo' (token mean of the local batch)", True),
     ("KL", "k3, coef 1e-4, in the loss, token mean", "beta=1e-4, use_bias_correction_kl=False", True),
     ("scoring temperature", "log-probs of logits / 0.6", "log-probs of logits / 0.6 (TRL's fused LM head)", True),
@@ -88,7 +89,7 @@ def run_litvine(seed: int, iterations: int) -> dict:
                 m = trainer.callback_metrics
                 self.rewards.append(float(m["rollout/reward"]))
                 gen, score, mc = (float(m.get(f"time/{k}", 0.0)) for k in ("generation", "scoring", "value_estimation"))
-                self.phases.append({"generation": gen, "scoring": score + mc})
+                self.phases.append({"generation": gen, "scoring": score + mc, "logged_iteration": float(m["time/iteration"])})
 
     args = ["--config", "configs/quickstart.yaml", "--model.algorithm=GRPO", f"--seed_everything={seed}", f"--model.init_args.seed={seed}",
             f"--trainer.max_epochs={iterations}", "--trainer.logger=false", "--trainer.check_val_every_n_epoch=100000",
@@ -209,6 +210,7 @@ def summarize(runs: list[dict]) -> dict:
         "phases": phases,
         "peak_rss_mib": [r["peak_rss_mib"] for r in runs],
         "mean_reward_runs": mean_rewards,
+        "logged_s_per_iteration": statistics.median(ph["logged_iteration"] for r in runs for ph in r["phases"][1:]) if "logged_iteration" in runs[0]["phases"][0] else None,
         "reward_per_iteration": [r["rewards"] for r in runs],
     }
 
@@ -242,9 +244,12 @@ def report(results: dict) -> None:
     def spread(xs: list[float], fmt: str = ".2f") -> str:
         return f"{statistics.fmean(xs):{fmt}} ± {statistics.pstdev(xs):{fmt}}" if len(xs) > 1 else f"{xs[0]:{fmt}}"
 
+    pairs = [t / v for t, v in zip(trl["s_per_iteration_runs"], lv["s_per_iteration_runs"])]  # the same seed, run back to back
     rows = [
         ("seconds per iteration (median)", f"{lv['s_per_iteration']:.2f}", f"{trl['s_per_iteration']:.2f}", f"{ratio:.2f}"),
-        ("  per run", ", ".join(f"{s:.2f}" for s in lv["s_per_iteration_runs"]), ", ".join(f"{s:.2f}" for s in trl["s_per_iteration_runs"]), ""),
+        ("  per run (seed 0, 1, ...)", ", ".join(f"{s:.2f}" for s in lv["s_per_iteration_runs"]), ", ".join(f"{s:.2f}" for s in trl["s_per_iteration_runs"]),
+         ", ".join(f"{r:.2f}" for r in pairs) + f" (median {statistics.median(pairs):.2f})"),
+        ("  lit-vine's own `time/iteration` (median)", f"{lv['logged_s_per_iteration']:.2f}", "", ""),
     ]
     for p in PHASES:
         rows.append((f"  {p}", f"{lv['phases'][p]:.2f}", f"{trl['phases'][p]:.2f}", f"{trl['phases'][p] / max(lv['phases'][p], 1e-9):.2f}"))

@@ -105,3 +105,25 @@ def test_score_tokens_takes_the_samplers_log_probs_only_for_the_ppo_family():
         assert torch.equal(old[response_mask.bool()], expected[response_mask.bool()])
         recomputed, _, _ = module.score_tokens(input_ids, mask, response_mask, [None, *given[1:]])  # one missing: recompute
         assert torch.equal(recomputed, forward)
+
+
+def test_cached_pass_order_is_the_order_of_a_fresh_shuffle():
+    """TaskDataModule keeps each pass's shuffle instead of redoing it per iteration: same prompts."""
+    import random
+
+    from lit_vine import ArithmeticTask, TaskDataModule
+
+    data = TaskDataModule(ArithmeticTask(num_train=50, seed=0), prompts_per_iteration=8, seed=3)
+    train = data.task.problems("train")
+
+    def fresh(iteration):  # the order as computed before the cache: one shuffle per pass
+        chosen = []
+        for position in range(iteration * 8, (iteration + 1) * 8):
+            epoch, index = divmod(position, 50)
+            order = list(range(50))
+            random.Random(3 * 1_000_003 + epoch).shuffle(order)
+            chosen.append(order[index])
+        return [train[i].id for i in chosen]
+
+    for iteration in [0, 5, 6, 7, 12, 1]:  # 6 straddles passes 0 and 1; back to 1 after pass 1
+        assert [p.id for p in data.iteration_problems(iteration)] == fresh(iteration)

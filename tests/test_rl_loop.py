@@ -220,3 +220,26 @@ def test_kl_term_is_the_references(tmp_path):
     expected = (k3(3.0) + min(k3(-3.0), 10.0) + k3(1.0)) / 2  # k3(-3) = 16.09 is clamped to 10
     assert float(stats["kl_ref"]) == pytest.approx(expected, rel=1e-4)
     assert float(loss.detach()) == pytest.approx(0.5 * expected, rel=1e-4)  # A = 0: only the KL term
+
+
+def test_iteration_time_covers_the_weight_sync(tmp_path):
+    """``time/iteration`` runs to the end of the iteration, weight sync included."""
+    import time
+
+    from lit_vine import HFEngine, RolloutCallback
+
+    class SlowSync(HFEngine):
+        def sync_weights(self, policy):
+            time.sleep(0.3)
+
+    module = RLModule(policy=SFT, algorithm=GRPO(), responses_per_prompt=2, max_new_tokens=20, mini_batch_size=8, micro_batch_size=8)
+    data = TaskDataModule(ArithmeticTask(num_train=16, num_validation=4, num_test=4), prompts_per_iteration=4)
+    trainer = Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0, callbacks=[RolloutCallback(SlowSync())])
+    start = time.perf_counter()
+    trainer.fit(module, data)
+    wall = time.perf_counter() - start
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert metrics["time/weight_sync"] >= 0.3
+    assert metrics["time/iteration"] >= metrics["time/weight_sync"] + metrics["time/generation"] + metrics["time/scoring"]
+    assert metrics["time/iteration"] <= wall

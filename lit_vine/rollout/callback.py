@@ -88,19 +88,22 @@ class RolloutCallback(Callback):
             trainer.datamodule.stream.load(self._experience)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """The iteration is over: log its statistics and hand the new weights to the engine."""
+        """The iteration is over: hand the new weights to the engine and log the iteration's
+        statistics; ``time/iteration`` runs from the iteration's first prompt to here."""
         stats = self._stats
-        stats["time/iteration"] = time.perf_counter() - self._start
-        stats["time/training"] = stats["time/iteration"] - sum(stats.get(f"time/{k}", 0.0) for k in ("generation", "scoring", "value_estimation"))
-        pl_module.log_dict(stats, sync_dist=True, prog_bar=False)
-        pl_module.log("reward", stats["rollout/reward"], prog_bar=True, sync_dist=True)
+        synced = time.perf_counter()
+        self.engine_for(pl_module).sync_weights(pl_module.policy)
+        stats["time/weight_sync"] = time.perf_counter() - synced
+        pl_module.update_kl_coef(stats["rollout/kl_ref"] * stats["rollout/response_length"])
         if isinstance(pl_module.logger, TensorBoardLogger) and trainer.is_global_zero:
             pl_module.logger.experiment.add_text("samples", "\n\n---\n\n".join(self._samples), trainer.current_epoch)
-        pl_module.update_kl_coef(stats["rollout/kl_ref"] * stats["rollout/response_length"])
-        self.engine_for(pl_module).sync_weights(pl_module.policy)
         engine_metrics = self.engine.metrics()  # e.g. the vLLM weight-sync probe
         if engine_metrics:
             pl_module.log_dict(engine_metrics, sync_dist=True, reduce_fx="max")
+        stats["time/iteration"] = time.perf_counter() - self._start
+        stats["time/training"] = stats["time/iteration"] - sum(stats.get(f"time/{k}", 0.0) for k in ("generation", "scoring", "value_estimation", "weight_sync"))
+        pl_module.log_dict(stats, sync_dist=True, prog_bar=False)
+        pl_module.log("reward", stats["rollout/reward"], prog_bar=True, sync_dist=True)
 
     # ----- one iteration's experience -------------------------------------------------------------
     def make_experience(self, trainer: Trainer, module: LightningModule) -> Experience:
