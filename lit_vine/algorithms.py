@@ -398,8 +398,9 @@ class SPOTree(Algorithm):
     iterations (an on-policy replay buffer of up to 8 iterations); lit-vine drops them.
 
     Args:
-        branching: children per node at each depth (paper, GSM8K: [6, 6, 6]); the iteration's
-            ``responses_per_prompt`` is not used.
+        branching: children per node at each depth (paper, GSM8K: [6, 6, 6]). The trainer's
+            ``responses_per_prompt`` only sizes the iteration: it makes prompts x
+            responses_per_prompt / mini_batch_size optimizer steps of the kept edges.
         segment_tokens: new tokens per segment above the last depth (paper: 30).
         max_edges_per_prompt: edges per prompt trained on per iteration (paper: 32).
         prob_threshold: the probability mask: the loss uses tokens with p < this (paper: 0.9).
@@ -528,7 +529,8 @@ def monte_carlo_values(rollouts: Rollouts, ctx: RolloutContext, states: Sequence
     )
     K = num_mc_rollouts
     mc_value = [sum(reward for _, reward in graded[j * K : (j + 1) * K]) / K for j in range(len(owners))]
-    ctx.stats.update({"vine/mc_requests": float(len(requests)), "vine/mc_dedup_saved": float(sum(map(len, states)) - len(requests))})
+    ctx.stats.update({"vine/mc_requests": float(len(requests)), "vine/mc_rollouts": float(len(requests) * K),
+                      "vine/mc_dedup_saved": float(sum(map(len, states)) - len(requests))})
     return [[mc_value[j] for j in requests_b] for requests_b in request_of]
 
 
