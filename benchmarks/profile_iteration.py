@@ -29,11 +29,11 @@ from lit_vine.callbacks import TestReport  # noqa: E402
 from lit_vine.cli import LitVineCLI  # noqa: E402
 import lit_vine.algorithms as algorithms  # noqa: E402
 
-# Functions whose time is a phase; a phase nested in another is subtracted from it in the table.
+# Functions whose time the report shows (inclusive: VinePPO's MC values call the engine too).
 PHASES = {
-    "generation": (HFEngine, "generate"),
-    "scoring": (RLModule, "score_tokens"),
-    "training step": (RLModule, "training_step"),
+    "HFEngine.generate (rollouts and MC continuations)": (HFEngine, "generate"),
+    "RLModule.score_tokens (old/reference log-probs)": (RLModule, "score_tokens"),
+    "RLModule.training_step (8 per iteration)": (RLModule, "training_step"),
 }
 
 
@@ -77,7 +77,7 @@ def main() -> None:
 
     for name, (owner, attr) in PHASES.items():
         setattr(owner, attr, labelled(name, getattr(owner, attr)))
-    algorithms.monte_carlo_values = labelled("MC values (inside generation)", monte_carlo_values)
+    algorithms.monte_carlo_values = labelled("monte_carlo_values (its engine calls included)", monte_carlo_values)
 
     cli = LitVineCLI(args=["--config", str(REPO / "configs" / "quickstart.yaml"), f"--model.algorithm={args.algorithm}", f"--trainer.max_epochs={args.iterations}",
                            "--trainer.logger=false", "--trainer.check_val_every_n_epoch=100000", "--trainer.enable_progress_bar=false",
@@ -106,7 +106,7 @@ def main() -> None:
         "|---|---|",
         *[f"| {k} | {v:.2f} |" for k, v in medians.items()],
         "",
-        "Profiled time inside each labelled function (all iterations; MC values run inside VinePPO's advantages):",
+        "CPU time inside each function, its callees included (all profiled iterations):",
         "",
         "| function | s | share |",
         "|---|---|---|",

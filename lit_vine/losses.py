@@ -95,11 +95,14 @@ def value_loss(
     return loss, stats
 
 
-def token_logprobs(logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """Log-probabilities ``(B, T)`` of ``tokens`` under ``logits`` ``(B, T, V)``, and the entropy ``(B, T)``."""
+def token_logprobs(logits: Tensor, tokens: Tensor, entropy_grad: bool = True) -> tuple[Tensor, Tensor]:
+    """Log-probabilities ``(B, T)`` of ``tokens`` under ``logits`` ``(B, T, V)``, and the entropy
+    ``(B, T)``; ``entropy_grad=False`` computes the entropy outside autograd (only logged: backward
+    then keeps no two extra ``(B, T, V)`` tensors for it)."""
     logp_all = F.log_softmax(logits.float(), dim=-1)
     logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy
 
 

@@ -321,7 +321,7 @@ class RLModule(PolicyModule):
         hp = self.hparams
         P, mask = micro.prompt_width, micro.loss_mask
         logits = self.outputs(self.policy, micro.input_ids, micro.attention_mask, slice(P - 1, -1))
-        logprobs, entropy = token_logprobs(logits / self.score_temperature, micro.input_ids[:, P:])
+        logprobs, entropy = token_logprobs(logits / self.score_temperature, micro.input_ids[:, P:], entropy_grad=hp.entropy_coef != 0)
         objective, how = self.algorithm.objective, hp.loss_aggregation
         if objective == "ppo":
             loss, stats = ppo_policy_loss(
@@ -336,7 +336,9 @@ class RLModule(PolicyModule):
         kl_how = hp.kl_aggregation or hp.loss_aggregation
         kl = aggregate(self.kl_tokens(logprobs, micro.ref_logprobs), mask, kl_how)
         ent = aggregate(entropy, mask, hp.loss_aggregation)
-        total = share[how] * loss - hp.entropy_coef * share[hp.loss_aggregation] * ent
+        total = share[how] * loss
+        if hp.entropy_coef:
+            total = total - hp.entropy_coef * share[hp.loss_aggregation] * ent
         if hp.kl_in == "loss" and objective == "ppo":
             total = total + share[kl_how] * self.kl_coef * kl
         per_pair = "seq_mean" if objective == "dpo" else "token_mean"

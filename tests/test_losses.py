@@ -109,3 +109,15 @@ def test_adaptive_kl_coefficient_by_hand():
     assert adaptive_kl_coef(0.1, kl=1.5, target=1.0, horizon=1000, steps=100) == pytest.approx(0.1 * (1 + 0.2 * 0.1))
     # KL 0.9x the target: error -0.1
     assert adaptive_kl_coef(0.1, kl=0.9, target=1.0, horizon=1000, steps=100) == pytest.approx(0.1 * (1 - 0.1 * 0.1))
+
+
+def test_entropy_outside_autograd_has_the_same_values_and_gradients():
+    logits = torch.randn(2, 3, 7, requires_grad=True)
+    tokens = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    logp, ent = token_logprobs(logits, tokens)
+    logp_ng, ent_ng = token_logprobs(logits, tokens, entropy_grad=False)
+    assert ent.requires_grad and not ent_ng.requires_grad
+    torch.testing.assert_close(ent_ng, ent.detach(), rtol=0, atol=0)
+    (grad,) = torch.autograd.grad((logp.sum() - 0.0 * ent.sum()), logits)
+    (grad_ng,) = torch.autograd.grad(logp_ng.sum(), logits)
+    torch.testing.assert_close(grad_ng, grad, rtol=0, atol=0)
