@@ -81,7 +81,7 @@ def main() -> None:
 
     cli = LitVineCLI(args=["--config", str(REPO / "configs" / "quickstart.yaml"), f"--model.algorithm={args.algorithm}", f"--trainer.max_epochs={args.iterations}",
                            "--trainer.logger=false", "--trainer.check_val_every_n_epoch=100000", "--trainer.enable_progress_bar=false",
-                           "--trainer.enable_model_summary=false"], run=False)
+                           "--trainer.enable_model_summary=false"], run=False, save_config_callback=None)
     profiled, phases = Profiled(), Phases()
     cli.trainer.callbacks = [profiled] + [cb for cb in cli.trainer.callbacks if not isinstance(cb, TestReport)] + [phases]
     cli.trainer.fit(cli.model, cli.datamodule)

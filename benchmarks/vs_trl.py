@@ -94,7 +94,7 @@ def run_litvine(seed: int, iterations: int) -> dict:
     args = ["--config", "configs/quickstart.yaml", "--model.algorithm=GRPO", f"--seed_everything={seed}", f"--model.init_args.seed={seed}",
             f"--trainer.max_epochs={iterations}", "--trainer.logger=false", "--trainer.check_val_every_n_epoch=100000",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-    cli = LitVineCLI(args=args, run=False)
+    cli = LitVineCLI(args=args, run=False, save_config_callback=None)
     clock = Clock()
     cli.trainer.callbacks = [clock] + [cb for cb in cli.trainer.callbacks if not isinstance(cb, TestReport)]
     cli.trainer.fit(cli.model, cli.datamodule)
