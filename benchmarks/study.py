@@ -31,6 +31,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,9 +133,21 @@ def curve(log_dir: Path, start: dict[str, float]) -> dict:
         "time": {k: float(np.mean([v for _, _, v in s[f"time/{k}"]])) for k in PHASES if f"time/{k}" in s},
         "blame": {k: float(np.nanmean([v for _, _, v in s[f"blame/{k}"]])) for k in ("accuracy", "chance") if f"blame/{k}" in s},
         # sequences sampled only to estimate values (VinePPO, SPO-chain); SPO-tree's nodes are episodes too
-        "mc_rollouts": float(np.mean([v for _, _, v in s["vine/mc_rollouts"]])) if "vine/mc_rollouts" in s else 0.0,
+        "mc_rollouts": mc_rollouts(log_dir, s),
         "tree_nodes": float(np.mean([v for _, _, v in s["spo/tree_nodes"]])) if "spo/tree_nodes" in s else None,
     }
+
+
+def mc_rollouts(log_dir: Path, s: dict) -> float:
+    """Mean MC continuations per iteration: logged as ``vine/mc_rollouts``, or (runs logged before
+    that existed) ``vine/mc_requests`` x the run's K from its saved config."""
+    if "vine/mc_rollouts" in s:
+        return float(np.mean([v for _, _, v in s["vine/mc_rollouts"]]))
+    if "vine/mc_requests" not in s:
+        return 0.0
+    config = yaml.safe_load((log_dir / "config.yaml").read_text())
+    K = config["model"]["init_args"]["algorithm"]["init_args"]["num_mc_rollouts"]
+    return K * float(np.mean([v for _, _, v in s["vine/mc_requests"]]))
 
 
 def sweep(args: argparse.Namespace) -> dict[str, dict]:
