@@ -23,6 +23,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from lit_vine.advantages import fill_values_past_cap, gae, group_advantages, length_adaptive_lambda, spo_cutpoints, vine_advantages
+from lit_vine.blame import blame_statistics
 from lit_vine.errors import check
 from lit_vine.experience import Rollouts
 from lit_vine.rollout.engine import RolloutEngine, SamplingParams
@@ -458,6 +459,8 @@ class SPOTree(Algorithm):
                 episodes.append(Episode(root.problem, prompts[root.problem] + parent.response, child.segment, child.value))
                 advantages.append(child.value - parent.value)
         self._advantages = advantages
+        if ctx.task.checks_steps:  # step blame over whole responses: the root-to-leaf paths
+            ctx.stats.update(self.path_blame(roots, problems, ctx))
         nodes = [node for root in roots for node in root.walk()][len(roots):]
         leaves = [node.value for node in nodes if not node.children]
         ctx.stats.update({
@@ -467,6 +470,30 @@ class SPOTree(Algorithm):
             "spo/edges_kept": float(len(episodes)),
         })
         return episodes
+
+    @staticmethod
+    def path_blame(roots: list[TreeNode], problems: list[Problem], ctx: RolloutContext) -> dict[str, float]:
+        """``lit_vine.blame`` statistics of the trees' whole responses (root-to-leaf paths), each
+        token carrying its edge's advantage V(child) - V(parent) before the probability mask."""
+        paths = []  # (problem, response, reward, per-token advantages)
+        for root in roots:
+            def descend(node: TreeNode, advantages: list[float]) -> None:
+                for child in node.children:
+                    here = advantages + [child.value - node.value] * len(child.segment)
+                    if child.children:
+                        descend(child, here)
+                    else:
+                        paths.append((root.problem, child.response, child.value, here))
+            descend(root, [])
+        if not paths:
+            return {}
+        T = max(len(p[1]) for p in paths)
+        advantages = torch.zeros(len(paths), max(T, 1))
+        for row, (_, _, _, adv) in enumerate(paths):
+            advantages[row, : len(adv)] = torch.tensor(adv)
+        texts = [ctx.tokenizer.decode(response, skip_special_tokens=True) for _, response, _, _ in paths]
+        return blame_statistics([problems[p] for p, *_ in paths], [r for _, r, _, _ in paths], texts,
+                                torch.tensor([v for _, _, v, _ in paths]), advantages, ctx.task, ctx.tokenizer)
 
     def policy_mask(self, rollouts: Rollouts) -> Tensor:
         return probability_mask(rollouts, self.prob_threshold)

@@ -159,3 +159,26 @@ def test_spo_tree_preset_runs_one_quickstart_iteration(tmp_path):
     assert scalars["spo/tree_nodes"] > 4 * 3  # more than the first depth grew
     assert scalars["spo/edges_kept"] > 0 and scalars["train/policy_updates"] > 0
     assert 0 <= scalars["rollout/reward"] <= 1
+
+
+def test_tree_step_blame_runs_over_root_to_leaf_paths(monkeypatch):
+    """Blame is scored on whole responses: every root-to-leaf path, each token with its edge's
+    advantage (before the mask), rewarded with its leaf's reward."""
+    import lit_vine.algorithms as algorithms
+
+    seen = {}
+
+    def capture(problems, response_ids, texts, scores, advantages, task, tokenizer):
+        seen.update(texts=texts, scores=scores.tolist(), advantages=advantages.tolist())
+        return {"blame/accuracy": 1.0}
+
+    monkeypatch.setattr(algorithms, "blame_statistics", capture)
+    monkeypatch.setattr(EndsInTu, "checks_steps", True)
+    table = {"Q:": ["abqq", "x", "deqq"], "Q:ab": ["tu", "zz"], "Q:de": ["tu"]}
+    ctx = RolloutContext(ScriptedEngine(table), CharTokenizer(), EndsInTu(), SamplingParams(max_new_tokens=10), seed=0)
+    SPOTree(branching=[3, 2], segment_tokens=2).sample([[ord(ch) for ch in "Q:"]], [Problem("p", "Q:", "z")], ctx.sampling, ctx, seed=0)
+    assert ctx.stats["blame/accuracy"] == 1.0
+    rows = sorted(zip(seen["texts"], seen["scores"], seen["advantages"]))
+    # V: root 1/2, ab 1/2, x 0, de 1; each path's tokens (EOS included) carry their edge's advantage
+    assert rows == [("abtu", 1.0, [0.0, 0.0, 0.5, 0.5, 0.5]), ("abzz", 0.0, [0.0, 0.0, -0.5, -0.5, -0.5]),
+                    ("detu", 1.0, [0.5, 0.5, 0.0, 0.0, 0.0]), ("detu", 1.0, [0.5, 0.5, 0.0, 0.0, 0.0]), ("x", 0.0, [-0.5, -0.5, 0.0, 0.0, 0.0])]
