@@ -45,10 +45,10 @@ def labelled(name: str, fn):
 
 
 class Profiled(Callback):
-    """Profiles every iteration after the first; records the run's phase seconds."""
+    """Profiles every iteration after the first."""
 
     def __init__(self) -> None:
-        self.profiler, self.phases = None, []
+        self.profiler = None
 
     def on_train_epoch_start(self, trainer, module) -> None:
         if trainer.current_epoch == 1:

@@ -155,8 +155,12 @@ def run_trl(method: str, seed: int, iterations: int) -> dict:
         def _calculate_rewards(self, *args):
             return timed("reward", super()._calculate_rewards)(*args)
 
-        def _generate_and_score_completions(self, inputs):
-            return timed("experience", super()._generate_and_score_completions)(inputs)
+        def _generate_and_score_completions(self, inputs):  # once per iteration: its phases end here
+            result = timed("experience", super()._generate_and_score_completions)(inputs)
+            generation = phase.get("generate", 0.0) + phase.get("reward", 0.0)
+            phases.append({"generation": generation, "scoring": phase["experience"] - generation})
+            phase.clear()
+            return result
 
     steps_per_iteration = EPOCHS * PROMPTS * RESPONSES // MINI_BATCH
     starts, phases = [], []
@@ -184,19 +188,6 @@ def run_trl(method: str, seed: int, iterations: int) -> dict:
         )
         trainer = Timed(model=model, reward_funcs=reward, args=config, train_dataset=dataset, processing_class=tokenizer,
                         optimizers=(optimizer, scheduler), callbacks=[Clock()])
-
-        def on_iteration_end():  # called at the next generation: close the previous iteration's phases
-            phases.append({"generation": phase.get("generate", 0) + phase.get("reward", 0), "scoring": phase.get("experience", 0) - phase.get("generate", 0) - phase.get("reward", 0)})
-            phase.clear()
-
-        original = trainer._generate_and_score_completions
-
-        def per_iteration(inputs):
-            result = original(inputs)
-            on_iteration_end()
-            return result
-
-        trainer._generate_and_score_completions = per_iteration
         trainer.train()
     seconds = [b - a for a, b in zip(starts, starts[1:])]
     for total, p in zip(seconds, phases):
