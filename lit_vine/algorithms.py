@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from lit_vine.advantages import fill_values_past_cap, gae, group_advantages, length_adaptive_lambda, spo_cutpoints, vine_advantages
 from lit_vine.blame import blame_statistics
 from lit_vine.errors import check
-from lit_vine.experience import Rollouts
+from lit_vine.experience import Rollouts, pad_rows
 from lit_vine.rollout.engine import RolloutEngine, SamplingParams
 from lit_vine.steps import step_token_ends
 from lit_vine.tasks.base import Problem, Task
@@ -433,7 +433,7 @@ class SPOTree(Algorithm):
             for node, segments in zip(frontier, sampled):
                 for segment in segments:
                     child = TreeNode(node.problem, node.response + list(segment), segment)
-                    child.leaf = last or (len(segment) > 0 and segment[-1] == eos) or len(child.response) >= params.max_new_tokens or not segment
+                    child.leaf = last or not segment or segment[-1] == eos or len(child.response) >= params.max_new_tokens
                     node.children.append(child)
                     grown.append(child)
             frontier = [node for node in grown if not node.leaf]
@@ -487,10 +487,7 @@ class SPOTree(Algorithm):
             descend(root, [])
         if not paths:
             return {}
-        T = max(len(p[1]) for p in paths)
-        advantages = torch.zeros(len(paths), max(T, 1))
-        for row, (_, _, _, adv) in enumerate(paths):
-            advantages[row, : len(adv)] = torch.tensor(adv)
+        advantages = pad_rows([adv for *_, adv in paths], max(1, max(len(p[1]) for p in paths)))
         texts = [ctx.tokenizer.decode(response, skip_special_tokens=True) for _, response, _, _ in paths]
         return blame_statistics([problems[p] for p, *_ in paths], [r for _, r, _, _ in paths], texts,
                                 torch.tensor([v for _, _, v, _ in paths]), advantages, ctx.task, ctx.tokenizer)

@@ -31,6 +31,14 @@ def pad_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int)
     return input_ids, attention_mask, response_mask
 
 
+def pad_rows(rows: list[list[float]], width: int) -> Tensor:
+    """Per-token values of ragged rows, right-padded with 0 to ``(len(rows), width)``."""
+    out = torch.zeros(len(rows), width)
+    for b, values in enumerate(rows):
+        out[b, : len(values)] = torch.tensor(values, dtype=out.dtype)
+    return out
+
+
 def position_ids(attention_mask: Tensor) -> Tensor:
     """Positions that skip left padding, as ``generate`` uses them, so scores match sampling."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -12,7 +12,7 @@ from torch import Tensor
 from lit_vine.advantages import masked_mean, whiten
 from lit_vine.algorithms import Algorithm, VinePPO, Whitening
 from lit_vine.evaluation import EvalConfig
-from lit_vine.experience import Experience, position_ids
+from lit_vine.experience import Experience, pad_rows, position_ids
 from lit_vine.packing import pack, packing_works
 from lit_vine.losses import (
     Aggregation,
@@ -218,10 +218,7 @@ class RLModule(PolicyModule):
         come from ``sampler_logprobs`` (one list per episode) when the engine gave them all."""
         T = response_mask.shape[1]
         if self.sampler_logprobs and sampler_logprobs and all(lp is not None for lp in sampler_logprobs):
-            old_logprobs = torch.zeros(response_mask.shape)
-            for row, logprobs in enumerate(sampler_logprobs):
-                old_logprobs[row, : len(logprobs)] = torch.tensor(logprobs)
-            old_logprobs = old_logprobs.to(response_mask.device)
+            old_logprobs = pad_rows(sampler_logprobs, T).to(response_mask.device)
         else:
             old_logprobs = self.sequence_logprobs(self.policy, input_ids, attention_mask, T)
         ref_logprobs = self.sequence_logprobs(self.reference, input_ids, attention_mask, T)

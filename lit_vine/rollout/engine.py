@@ -186,11 +186,12 @@ class HFEngine(RolloutEngine):
         for step in range(max_new_tokens):
             scores = warpers(None, logits.float())
             tokens = scores.argmax(-1) if params.temperature == 0 else torch.multinomial(scores.softmax(-1), 1)[:, 0]
-            for row, token in zip(rows[alive].tolist(), tokens[alive].tolist()):
+            live = rows[alive].tolist()
+            for row, token in zip(live, tokens[alive].tolist()):
                 completions[row].append(token)
             if with_logprobs:
                 chosen = torch.log_softmax(logits.float() / params.temperature, -1).gather(-1, tokens[:, None])[:, 0]
-                for row, logprob in zip(rows[alive].tolist(), chosen[alive].tolist()):
+                for row, logprob in zip(live, chosen[alive].tolist()):
                     logprobs[row].append(logprob)
             alive &= tokens != eos
             if step == max_new_tokens - 1 or not alive.any():
