@@ -28,6 +28,7 @@ from lit_vine.algorithms import monte_carlo_values  # noqa: E402
 from lit_vine.callbacks import TestReport  # noqa: E402
 from lit_vine.cli import LitVineCLI  # noqa: E402
 import lit_vine.algorithms as algorithms  # noqa: E402
+import lit_vine.rl as rl  # noqa: E402
 
 # Functions whose time the report shows (inclusive: VinePPO's MC values call the engine too).
 PHASES = {
@@ -69,6 +70,17 @@ class Phases(Callback):
             self.seconds.append({k[5:]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("time/")})
 
 
+def counting_tokens(counts: dict[str, int], pack):
+    """``pack`` that also counts real tokens, padded places and packed places of every forward."""
+    def wrapper(input_ids, attention_mask, *args):
+        packed = pack(input_ids, attention_mask, *args)
+        counts["real"] += int(attention_mask.sum())
+        counts["padded"] += attention_mask.numel()
+        counts["packed"] += packed.input_ids.numel()
+        return packed
+    return wrapper
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algorithm", default="GRPO")
@@ -78,6 +90,8 @@ def main() -> None:
     for name, (owner, attr) in PHASES.items():
         setattr(owner, attr, labelled(name, getattr(owner, attr)))
     algorithms.monte_carlo_values = labelled("monte_carlo_values (its engine calls included)", monte_carlo_values)
+    tokens = {"real": 0, "padded": 0, "packed": 0}
+    rl.pack = counting_tokens(tokens, rl.pack)
 
     cli = LitVineCLI(args=["--config", str(REPO / "configs" / "quickstart.yaml"), f"--model.algorithm={args.algorithm}", f"--trainer.max_epochs={args.iterations}",
                            "--trainer.logger=false", "--trainer.check_val_every_n_epoch=100000", "--trainer.enable_progress_bar=false",
@@ -99,6 +113,9 @@ def main() -> None:
         "",
         f"`python benchmarks/profile_iteration.py --algorithm {args.algorithm} --iterations {args.iterations}`; "
         f"iterations 2-{args.iterations} profiled ({total:.1f} s of CPU time in operators), torch {torch.__version__}, {torch.get_num_threads()} threads.",
+        "",
+        f"Scoring and training forwards (all iterations): {tokens['real'] / tokens['padded']:.0%} of a padded batch's places are real "
+        f"tokens, {tokens['real'] / tokens['packed']:.0%} of a packed one's ({tokens['packed'] / tokens['padded']:.0%} of the padded places).",
         "",
         "Median seconds per iteration (the run's `time/*` metrics):",
         "",
