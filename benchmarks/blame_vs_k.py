@@ -18,6 +18,7 @@ import platform
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lit_vine import ArithmeticTask, HFEngine, SamplingParams, TaskDataModule
@@ -37,7 +38,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(args.policy).eval(), AutoTokenizer.from_pretrained(args.policy)
-    task = ArithmeticTask(operations="+-", min_ops=5, max_ops=8, quick_rate=0.5, num_train=20000, num_validation=200, num_test=400, seed=0)
+    config = yaml.safe_load((REPO / "configs" / "credit.yaml").read_text())
+    task = ArithmeticTask(**config["data"]["init_args"]["task"]["init_args"])
     problems = TaskDataModule(task, prompts_per_iteration=args.prompts).iteration_problems(0)
     engine = HFEngine()
     engine.setup(model, tokenizer)

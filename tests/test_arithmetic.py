@@ -95,3 +95,28 @@ def test_quick_steps_are_the_intended_mix_and_wrong_exactly_on_a_carry():
     assert wrong_quick == carries > 0.25 * quick  # a good share of quick steps go wrong
     assert all("~" not in p.solution for split in ("validation", "test") for p in task.problems(split))
     assert all(5 <= len(Chain.parse(p.question).ops) <= 8 and set(p.question) & set("*") == set() for p in task.problems("train"))
+
+
+def wrong_quick_lines(solution: str) -> int:
+    from lit_vine.tasks.arithmetic import apply
+
+    found = [re.fullmatch(r"(-?\d+)([+-])(\d+)~(-?\d+)", line) for line in solution.splitlines()]
+    return sum(int(m[4]) != apply(m[2], int(m[1]), int(m[3])) for m in found if m)
+
+
+def test_in_the_credit_regime_a_dropped_carry_is_never_undone():
+    """configs/credit.yaml's chains: a solution with a wrong quick step always ends wrong, so the first
+    wrong step is the one that doomed it (what blame accuracy scores). With "+-" chains a dropped
+    borrow can cancel a dropped carry: the reason the regime uses additions."""
+    import yaml
+    from conftest import REPO
+
+    regime = yaml.safe_load((REPO / "configs" / "credit.yaml").read_text())["data"]["init_args"]["task"]["init_args"]
+    assert regime["operations"] == "+" and regime["quick_rate"] > 0
+    every_step_quick = {**regime, "num_train": 3000, "quick_rate": 1.0}
+    doomed = [p for p in ArithmeticTask(**every_step_quick).problems("train") if wrong_quick_lines(p.solution)]
+    assert len(doomed) > 1000
+    assert all(grade_gsm8k(p.solution, p.answer) == 0 for p in doomed)
+    mixed = ArithmeticTask(**{**every_step_quick, "operations": "+-"}).problems("train")
+    cancelled = [p for p in mixed if wrong_quick_lines(p.solution) and grade_gsm8k(p.solution, p.answer) == 1]
+    assert len(cancelled) > 100

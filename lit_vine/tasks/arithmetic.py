@@ -26,6 +26,10 @@ quick form at random, at each of 5-10 steps, and one quick step with a carry doo
 outcome reward says the response failed, not which of its steps did. Learning to keep the quick
 form for carry-free steps is a rule that carries over to unseen problems; per-step credit makes it
 easy to see (``Task.first_wrong_step`` gives every failed response's culprit for ``lit_vine.blame``).
+Use it with ``operations="+"`` (as ``configs/credit.yaml`` does): a dropped carry writes 10 too
+little and no later addition can give it back, so the first wrong step is the one that doomed the
+answer. With ``"+-"`` a dropped borrow writes 10 too much and cancels an earlier dropped carry
+(``37+15~42`` ... ``44-7~47`` ends right), so the first wrong step is often not fatal at all.
 """
 
 from __future__ import annotations
