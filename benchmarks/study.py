@@ -118,6 +118,17 @@ def baseline(args: argparse.Namespace) -> dict[str, float]:
     return json.loads(path.read_text())
 
 
+def blame_means(s: dict[str, list[tuple[int, float, float]]]) -> dict[str, float]:
+    """Blame accuracy and chance averaged over iterations, and accuracy pooled over every failed
+    response of the run (late iterations have few failures; the pooled figure weighs each alike)."""
+    if "blame/accuracy" not in s:
+        return {}
+    failed = {step: n for step, _, n in s["blame/failed_responses"]}
+    pairs = [(v, failed[step]) for step, _, v in s["blame/accuracy"]]
+    return {"accuracy": float(np.mean([v for v, _ in pairs])), "chance": float(np.mean([v for _, _, v in s["blame/chance"]])),
+            "pooled": sum(v * n for v, n in pairs) / sum(n for _, n in pairs)}
+
+
 def curve(log_dir: Path, start: dict[str, float]) -> dict:
     """Validation accuracy against policy optimizer steps and seconds (the SFT start at 0), the
     time split per iteration and the mean blame statistics of one run."""
@@ -131,7 +142,7 @@ def curve(log_dir: Path, start: dict[str, float]) -> dict:
         "acc": [start[METRIC]] + [v for _, _, v in val],
         "greedy": [start["val/greedy_acc"]] + [v for _, _, v in s.get("val/greedy_acc", [])],
         "time": {k: float(np.mean([v for _, _, v in s[f"time/{k}"]])) for k in PHASES if f"time/{k}" in s},
-        "blame": {k: float(np.nanmean([v for _, _, v in s[f"blame/{k}"]])) for k in ("accuracy", "chance") if f"blame/{k}" in s},
+        "blame": blame_means(s),
         # sequences sampled only to estimate values (VinePPO, SPO-chain); SPO-tree's nodes are episodes too
         "mc_rollouts": mc_rollouts(log_dir, s),
         "tree_nodes": float(np.mean([v for _, _, v in s["spo/tree_nodes"]])) if "spo/tree_nodes" in s else None,
@@ -191,7 +202,7 @@ def report(args: argparse.Namespace, chosen: dict[str, dict]) -> None:
     finals = {m: mean_curve(runs, "steps")[1][-1] for m, runs in data.items()}
     header = ["method", "lr", "seeds", "final pass@1 %", "best pass@1 %", "final greedy %"]
     header += [f"{axis} to {t} ({pct(v)} %)" for t, v in targets.items() for axis in ("steps", "seconds")]
-    header += ["blame accuracy", "chance", "MC rollouts / iter", "s/iter generation", "s/iter scoring", "s/iter value est.", "s/iter training"]
+    header += ["blame accuracy (mean of iterations)", "blame accuracy (pooled)", "chance", "MC rollouts / iter", "s/iter generation", "s/iter scoring", "s/iter value est.", "s/iter training"]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m, runs in data.items():
         cells = [m, f"{chosen[m]['chosen']:g}" if chosen.get(m, {}).get("chosen") else "config", str(len(runs)),
@@ -204,8 +215,8 @@ def report(args: argparse.Namespace, chosen: dict[str, dict]) -> None:
                 hit = first_reach(x, acc, target)
                 cells.append("never" if hit is None else f"{hit:.0f}")
         blame = [r["blame"] for r in runs if r["blame"]]
-        cells += [f"{np.mean([b['accuracy'] for b in blame]):.2f} ± {np.std([b['accuracy'] for b in blame]):.2f}" if blame else "–",
-                  f"{np.mean([b['chance'] for b in blame]):.2f}" if blame else "–"]
+        cells += [f"{np.mean([b[k] for b in blame]):.2f} ± {np.std([b[k] for b in blame]):.2f}" if blame else "–" for k in ("accuracy", "pooled")]
+        cells.append(f"{np.mean([b['chance'] for b in blame]):.2f}" if blame else "–")
         nodes = [r["tree_nodes"] for r in runs if r.get("tree_nodes") is not None]
         cells.append(f"{np.mean([r.get('mc_rollouts', 0.0) for r in runs]):.0f}" + (f" ({np.mean(nodes):.0f} tree nodes, all episodes)" if nodes else ""))
         cells += [f"{np.mean([r['time'].get(k, 0.0) for r in runs]):.2f}" for k in ("generation", "scoring", "value_estimation", "training")]
@@ -262,7 +273,7 @@ def report(args: argparse.Namespace, chosen: dict[str, dict]) -> None:
         f"problems every {args.val_every} iterations. The SFT checkpoint every run starts from: pass@1 "
         f"{pct(start[METRIC])} %, greedy {pct(start['val/greedy_acc'])} % (point 0 of every curve). Accuracies are means ± std "
         f"over seeds; steps and seconds to a target are where the mean curve first reaches it. Blame accuracy: the share of failed "
-        f"responses whose most negative step advantage is their first wrong step (mean over iterations and seeds; lit_vine/blame.py).\n"
+        f"responses whose most negative step advantage is their first wrong step (lit_vine/blame.py), averaged over the iterations of a run and pooled over all failed responses of a run, then over seeds.\n"
         + sweep_rows + "\n" + "\n".join(rows) + "\n" + verdict
         + "\n![accuracy vs steps](accuracy_vs_steps.png)\n![accuracy vs wall-clock](accuracy_vs_seconds.png)\n\n"
         + f"<details><summary>Exact commands</summary>\n\n```\n{commands}\n```\n</details>\n"
