@@ -43,7 +43,8 @@ def main() -> None:
     problems = TaskDataModule(task, prompts_per_iteration=args.prompts).iteration_problems(0)
     engine = HFEngine()
     engine.setup(model, tokenizer)
-    sampling = SamplingParams(0.6, 0.9, 96, n=4)  # configs/credit.yaml
+    rl = config["model"]["init_args"]
+    sampling = SamplingParams(rl["temperature"], rl["top_p"], rl["max_new_tokens"], n=rl["responses_per_prompt"])
     prompts = [task.prompt_ids(p, tokenizer) for p in problems]
     responses = engine.generate(prompts, sampling, seed=0)
 
@@ -85,7 +86,7 @@ def main() -> None:
     (OUT / "results.json").write_text(json.dumps({"failed_responses": len(failed), "states": len(states), "results": results}, indent=2) + "\n")
     lines = ["# Blame accuracy against the MC budget K", "", f"Machine: {machine}. Command: `python benchmarks/blame_vs_k.py --policy {Path(args.policy).name} "
              f"--prompts {args.prompts} --max-k {args.max_k}`.", "",
-             f"{len(failed)} failed responses (of {args.prompts} x 4 at T = 0.6), {len(states)} states, each valued once with {args.max_k} "
+             f"{len(failed)} failed responses (of {args.prompts} x {sampling.n} at T = {sampling.temperature}), {len(states)} states, each valued once with {args.max_k} "
              "continuations; K uses the first K of them.", "",
              "| K | blame accuracy | chance | share of failed responses whose V(state before the wrong step) is estimated 0 |", "|---|---|---|---|"]
     lines += [f"| {k} | {r['blame_accuracy']:.3f} | {r['chance']:.3f} | {r['share_V_before_wrong_step_is_0']:.3f} |" for k, r in results.items()]

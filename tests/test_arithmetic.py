@@ -98,9 +98,9 @@ def test_quick_steps_are_the_intended_mix_and_wrong_exactly_on_a_carry():
 
 
 def wrong_quick_lines(solution: str) -> int:
-    from lit_vine.tasks.arithmetic import apply
+    from lit_vine.tasks.arithmetic import _STEP, apply
 
-    found = [re.fullmatch(r"(-?\d+)([+-])(\d+)~(-?\d+)", line) for line in solution.splitlines()]
+    found = [_STEP.fullmatch(line) for line in solution.splitlines() if "~" in line]
     return sum(int(m[4]) != apply(m[2], int(m[1]), int(m[3])) for m in found if m)
 
 
