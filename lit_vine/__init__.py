@@ -4,7 +4,7 @@ from lit_vine.algorithms import GRPO, PPO, RLOO, VCPPO, Algorithm, DPOPlus, Rein
 from lit_vine.data import SFTDataModule, TaskDataModule
 from lit_vine.policy_module import PolicyModule
 from lit_vine.rl import RLModule
-from lit_vine.rollout.callback import RolloutCallback
+from lit_vine.callbacks.rollout import RolloutCallback
 from lit_vine.rollout.engine import HFEngine, RolloutEngine, SamplingParams
 from lit_vine.sft import SFTModule
 from lit_vine.tasks import ArithmeticTask, DatasetTask, Problem, Task

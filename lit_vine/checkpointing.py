@@ -5,7 +5,7 @@ progress (iteration = epoch, optimizer steps) and the callbacks' state. :func:`s
 adds what lives on the :class:`~lit_vine.rl.RLModule`: the adaptive KL coefficient, the value
 pretraining state, the skipped-update counters and every RNG; the rollout callback adds, for a
 checkpoint written in the middle of an iteration (SIGTERM / Ctrl+C), that iteration's experience
-and statistics (``lit_vine.rollout.callback``). The frozen reference model is left out (it is
+and statistics (``lit_vine.callbacks.rollout``). The frozen reference model is left out (it is
 rebuilt from ``model.policy``; a fingerprint checks that it is the same one). Prompts and rollout
 seeds are functions of (seed, iteration), so nothing else is needed to pick up the next
 iteration. See docs/robustness.md.

@@ -63,7 +63,7 @@ class PolicyModule(LightningModule):
     @property
     def engine(self) -> RolloutEngine:
         """The rollout callback's engine (``lit_vine.RolloutCallback``), else a private ``HFEngine``."""
-        from lit_vine.rollout.callback import rollout_callback
+        from lit_vine.callbacks.rollout import rollout_callback
 
         callback = rollout_callback(self._trainer)
         if callback is not None:

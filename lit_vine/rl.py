@@ -249,7 +249,7 @@ class RLModule(PolicyModule):
 
     def configure_callbacks(self):
         """A default rollout callback (``HFEngine``) when ``trainer.callbacks`` has none."""
-        from lit_vine.rollout.callback import RolloutCallback, rollout_callback
+        from lit_vine.callbacks.rollout import RolloutCallback, rollout_callback
 
         return [] if rollout_callback(self._trainer) is not None else [RolloutCallback()]
 

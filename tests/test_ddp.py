@@ -27,7 +27,7 @@ import torch
 from lightning import Callback
 
 from lit_vine.algorithms import VinePPO
-from lit_vine.rollout.callback import rollout_callback
+from lit_vine.callbacks.rollout import rollout_callback
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_VALIDATION = 5  # odd on purpose: 2 ranks cannot split it evenly

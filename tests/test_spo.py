@@ -164,7 +164,7 @@ def test_spo_tree_preset_runs_one_quickstart_iteration(tmp_path):
 def test_tree_step_blame_runs_over_root_to_leaf_paths(monkeypatch):
     """Blame is scored on whole responses: every root-to-leaf path, each token with its edge's
     advantage (before the mask), rewarded with its leaf's reward."""
-    import lit_vine.algorithms as algorithms
+    import lit_vine.algorithms.spo as spo
 
     seen = {}
 
@@ -172,7 +172,7 @@ def test_tree_step_blame_runs_over_root_to_leaf_paths(monkeypatch):
         seen.update(texts=texts, scores=scores.tolist(), advantages=advantages.tolist())
         return {"blame/accuracy": 1.0}
 
-    monkeypatch.setattr(algorithms, "blame_statistics", capture)
+    monkeypatch.setattr(spo, "blame_statistics", capture)
     monkeypatch.setattr(EndsInTu, "checks_steps", True)
     table = {"Q:": ["abqq", "x", "deqq"], "Q:ab": ["tu", "zz"], "Q:de": ["tu"]}
     ctx = RolloutContext(ScriptedEngine(table), CharTokenizer(), EndsInTu(), SamplingParams(max_new_tokens=10), seed=0)

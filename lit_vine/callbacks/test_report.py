@@ -1,4 +1,4 @@
-"""Callbacks: the before/after test report and learning curve that every RL run ends with."""
+"""The before/after test report and learning curve that every RL run ends with."""
 
 from __future__ import annotations
 
