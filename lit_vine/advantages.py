@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from lit_vine.devices import FLOAT
+
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
@@ -79,6 +81,7 @@ def vine_advantages(
     step_ends: Sequence[Sequence[int]],
     rewards: Sequence[float],
     T: int,
+    device: torch.device | str = "cpu",
 ) -> Tensor:
     """VinePPO step advantages A_i = r_i + V(s_{i+1}) - V(s_i) broadcast to the step's tokens.
 
@@ -87,10 +90,11 @@ def vine_advantages(
         step_ends: per episode, the token count at which each of its n steps ends.
         rewards: per episode, the final reward R (r_i = 0 except r_{n-1} = R).
         T: width of the output.
+        device: where the output lives (the rollouts' device).
 
-    Returns ``(B, T)``; gamma = lambda = 1, V(s_n) = 0 (terminal).
+    Returns ``(B, T)`` in fp32; gamma = lambda = 1, V(s_n) = 0 (terminal).
     """
-    out = torch.zeros(len(rewards), T)
+    out = torch.zeros(len(rewards), T, dtype=FLOAT, device=device)
     for b, (values, ends, reward) in enumerate(zip(state_values, step_ends, rewards)):
         n = len(ends)
         v = list(values) + [0.0]

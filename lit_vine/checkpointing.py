@@ -5,8 +5,9 @@ progress (iteration = epoch, optimizer steps) and the callbacks' state. :func:`s
 adds what lives on the :class:`~lit_vine.rl.RLModule`: the adaptive KL coefficient, the value
 pretraining state, the skipped-update counters and every RNG; the rollout callback adds, for a
 checkpoint written in the middle of an iteration (SIGTERM / Ctrl+C), that iteration's experience
-and statistics (``lit_vine.callbacks.rollout``). The frozen reference model is left out (it is
-rebuilt from ``model.policy``; a fingerprint checks that it is the same one). Prompts and rollout
+and statistics (``lit_vine.callbacks.rollout``). The frozen reference model is not part of the
+module's weights (``RLModule.reference``): it is rebuilt from ``model.policy``, and a fingerprint
+checks that it is the same one. Prompts and rollout
 seeds are functions of (seed, iteration), so nothing else is needed to pick up the next
 iteration. See docs/robustness.md.
 """
@@ -29,7 +30,6 @@ from lit_vine.models import TinyConfig
 from lit_vine.schedule import LRSchedule
 
 FORMAT = 1
-REFERENCE_PREFIX = "reference."
 
 
 # Hyperparameters hold these dataclasses; allowing them keeps checkpoints loadable with torch.load's
@@ -78,7 +78,7 @@ def mid_iteration(trainer: Trainer) -> int:
 
 
 def save_run_state(module: LightningModule, checkpoint: dict[str, Any]) -> None:
-    """``RLModule.on_save_checkpoint``: add the run's own state; drop the reference weights."""
+    """``RLModule.on_save_checkpoint``: add the run's own state."""
     checkpoint["lit_vine"] = {
         "format": FORMAT,
         "iteration": module.current_epoch,
@@ -89,18 +89,10 @@ def save_run_state(module: LightningModule, checkpoint: dict[str, Any]) -> None:
         "rng": rng_state(),
         "reference_fingerprint": fingerprint(module.reference),
     }
-    weights = checkpoint.get("state_dict")
-    if weights is not None:
-        for key in [k for k in weights if k.startswith(REFERENCE_PREFIX)]:
-            del weights[key]
 
 
 def load_run_state(module: LightningModule, checkpoint: dict[str, Any]) -> None:
-    """``RLModule.on_load_checkpoint``: restore the run's state and put the rebuilt reference
-    weights back into the checkpoint so that the strict weight load finds them."""
-    weights = checkpoint.get("state_dict")
-    if weights is not None and not any(k.startswith(REFERENCE_PREFIX) for k in weights):
-        weights.update({REFERENCE_PREFIX + k: v for k, v in module.reference.state_dict().items()})
+    """``RLModule.on_load_checkpoint``: check the rebuilt reference and restore the run's state."""
     state = checkpoint.get("lit_vine")
     if state is None:  # a checkpoint from before run state was saved: weights and optimizers only
         return

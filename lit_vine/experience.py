@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
+from lit_vine.devices import FLOAT
+
 from lit_vine.tasks.base import Problem
 
 
@@ -23,7 +25,7 @@ def pad_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int)
     T = max(1, max(len(r) for r in responses))
     input_ids = torch.full((len(prompts), P + T), pad_id, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
-    response_mask = torch.zeros(len(prompts), T)
+    response_mask = torch.zeros(len(prompts), T, dtype=FLOAT)
     for b, (p, r) in enumerate(zip(prompts, responses)):
         input_ids[b, P - len(p) : P + len(r)] = torch.tensor(p + r, dtype=torch.long)
         attention_mask[b, P - len(p) : P + len(r)] = 1
@@ -32,10 +34,10 @@ def pad_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int)
 
 
 def pad_rows(rows: list[list[float]], width: int) -> Tensor:
-    """Per-token values of ragged rows, right-padded with 0 to ``(len(rows), width)``."""
-    out = torch.zeros(len(rows), width)
+    """Per-token values of ragged rows, right-padded with 0 to ``(len(rows), width)``, fp32 on the CPU."""
+    out = torch.zeros(len(rows), width, dtype=FLOAT, device="cpu")
     for b, values in enumerate(rows):
-        out[b, : len(values)] = torch.tensor(values, dtype=out.dtype)
+        out[b, : len(values)] = torch.tensor(values, dtype=out.dtype, device=out.device)
     return out
 
 
@@ -89,6 +91,10 @@ class Experience:
     def prompt_width(self) -> int:
         return self.input_ids.shape[1] - self.response_mask.shape[1]
 
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Experience:
+        present = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return Experience(**{name: x.to(device, non_blocking=non_blocking) for name, x in present.items()})
+
     def select(self, rows: Tensor) -> Experience:
         """Rows ``rows``, with columns that are padding in all of them cut away."""
         present = [f.name for f in fields(self) if getattr(self, f.name) is not None]
@@ -103,6 +109,22 @@ class Experience:
             x = getattr(self, name)[rows]
             out[name] = x[:, left : P + T] if x.shape[1] == self.input_ids.shape[1] else x[:, :T]
         return Experience(**out)
+
+
+class MiniBatch:
+    """One mini-batch of experience as the stream yields it to the training loop.
+
+    Deliberately not a dataclass or a collection: Lightning's precision plugins for ``bf16-true``
+    and DeepSpeed cast every float tensor of a batch they can see to bf16 before the training step,
+    which would round the old and reference log-probs and the advantages to 8 bits (and a mask
+    summed in bf16 counts 301 tokens as 300). Lightning moves it to the device with :meth:`to`.
+    """
+
+    def __init__(self, experience: Experience) -> None:
+        self.experience = experience
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> MiniBatch:
+        return MiniBatch(self.experience.to(device, non_blocking=non_blocking))
 
 
 class ExperienceStream(IterableDataset):
@@ -132,7 +154,7 @@ class ExperienceStream(IterableDataset):
     def __len__(self) -> int:
         return self.ppo_epochs * self.num_mini_batches
 
-    def __iter__(self) -> Iterator[Experience]:
+    def __iter__(self) -> Iterator[MiniBatch]:
         if self._loaded is None:
             raise RuntimeError("no experience for this RL iteration: trainer.callbacks needs a lit_vine.RolloutCallback (it makes it)")
         (experience, skip), self._loaded = self._loaded, None
@@ -147,7 +169,7 @@ class ExperienceStream(IterableDataset):
                     skip -= 1
                     continue
                 rows = (chosen[:, None] * self.unit + torch.arange(self.unit)).flatten()
-                yield experience.select(rows)
+                yield MiniBatch(experience.select(rows))
 
 
 def num_mini_batches(episodes: int, mini_batch_size: int) -> int:

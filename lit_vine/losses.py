@@ -95,12 +95,15 @@ def value_loss(
     return loss, stats
 
 
-def token_logprobs(logits: Tensor, tokens: Tensor, entropy_grad: bool = True) -> tuple[Tensor, Tensor]:
-    """Log-probabilities ``(B, T)`` of ``tokens`` under ``logits`` ``(B, T, V)``, and the entropy
-    ``(B, T)``; ``entropy_grad=False`` computes the entropy outside autograd (only logged: backward
-    then keeps no two extra ``(B, T, V)`` tensors for it)."""
+def token_logprobs(logits: Tensor, tokens: Tensor, entropy_grad: bool = True, with_entropy: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Log-probabilities ``(B, T)`` of ``tokens`` under ``logits`` ``(B, T, V)``, in fp32, and the
+    entropy ``(B, T)`` (``None`` with ``with_entropy=False``: scoring needs none, and it costs two
+    more ``(B, T, V)`` tensors); ``entropy_grad=False`` computes it outside autograd (only logged:
+    backward then keeps no extra ``(B, T, V)`` tensors for it)."""
     logp_all = F.log_softmax(logits.float(), dim=-1)
     logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return logp, None
     with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logp, entropy

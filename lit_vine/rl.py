@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 from typing import Literal
 
@@ -12,7 +11,8 @@ from torch import Tensor
 from lit_vine.advantages import masked_mean, whiten
 from lit_vine.algorithms import Algorithm, VinePPO, Whitening
 from lit_vine.evaluation import EvalConfig
-from lit_vine.experience import Experience, pad_rows, position_ids
+from lit_vine.devices import compute_dtype, place_frozen
+from lit_vine.experience import Experience, MiniBatch, pad_rows, position_ids
 from lit_vine.packing import pack, packing_works
 from lit_vine.losses import (
     Aggregation,
@@ -25,7 +25,7 @@ from lit_vine.losses import (
     token_logprobs,
     value_loss,
 )
-from lit_vine.models import TinyConfig, ValueModel, enable_activation_checkpointing
+from lit_vine.models import TinyConfig, ValueModel, enable_activation_checkpointing, head_only_at, load_frozen_copy
 from lit_vine.errors import check
 from lit_vine import checkpointing
 from lit_vine.faults import UpdateGuard
@@ -86,8 +86,9 @@ class RLModule(PolicyModule):
         reuse_sampler_logprobs: PPO-family objectives take the old policy's log-probs from the
             rollout engine when it has them (``HFEngine``'s fork decoding scores every token it
             samples with the live policy) instead of a second forward over every episode. In fp32
-            they equal that forward's within 1e-5 (tested); a bf16 policy's cached decode can differ
-            from a full forward by ~1e-2 in a log-prob: set ``False`` to recompute.
+            they equal that forward's within 1e-5 (tested); in bf16 a cached decode differs from a
+            full forward by ~1e-2 in a log-prob, so under ``bf16-*`` precision the old log-probs
+            are always recomputed with the loss's own forward (the first mini-batch's ratio is 1).
     """
 
     def __init__(
@@ -161,7 +162,10 @@ class RLModule(PolicyModule):
         self.whitening = (whiten_advantages or self.algorithm.whitening) if self.algorithm.objective == "ppo" else "none"
         check(max_sequence_length is None or max_sequence_length > 1, f"max_sequence_length must be > 1 or null, got {max_sequence_length}")
         self.sampling = SamplingParams(temperature, top_p, max_new_tokens, max_total_tokens=max_sequence_length)
-        self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        # The frozen reference sits outside the module tree: never trained, never checkpointed (a
+        # fingerprint checks it on resume), and no strategy or precision plugin wraps or casts it;
+        # setup() puts it on the device in the compute dtype (lit_vine.devices).
+        object.__setattr__(self, "reference", load_frozen_copy(policy, self.policy))
         self.critic = ValueModel(policy, tiny) if self.algorithm.uses_critic else None
         if gradient_checkpointing:  # the frozen reference never runs backward: it keeps plain forwards
             enable_activation_checkpointing(self.policy)
@@ -178,6 +182,13 @@ class RLModule(PolicyModule):
         # only the PPO family scores at the sampling temperature, as the engine's log-probs are
         self.sampler_logprobs = reuse_sampler_logprobs and self.algorithm.objective == "ppo"
 
+    def setup(self, stage: str) -> None:
+        """The reference on this process's device in the compute dtype; the sampler's log-probs
+        reused only where they equal the loss's forward (fp32)."""
+        dtype = compute_dtype(self.trainer.precision)
+        place_frozen(self.reference, self.trainer.strategy.root_device, dtype)
+        self.sampler_logprobs = self.hparams.reuse_sampler_logprobs and self.algorithm.objective == "ppo" and dtype == torch.float32
+
     # ----- experience ---------------------------------------------------------------------------
     def _per_micro_batch(self, fn, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """``fn(ids, mask)`` over micro-batches of rows, concatenated: bounds activation memory."""
@@ -186,13 +197,18 @@ class RLModule(PolicyModule):
 
     def outputs(self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, columns: slice) -> Tensor:
         """``model``'s logits ``(B, C, V)`` (a critic's values ``(B, C)``) at the padded batch's
-        ``columns``, from a packed forward when ``packing`` is on. Padded places are not zeroed."""
+        ``columns`` only, from a packed forward when ``packing`` is on. Padded places are not zeroed."""
         if self.packing:
             packed = pack(input_ids, attention_mask, self.tokenizer.pad_token_id)
-            out = model(input_ids=packed.input_ids, attention_mask=None, position_ids=packed.position_ids, use_cache=False)
-            return packed.unpack(getattr(out, "logits", out), columns)
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False)
-        return getattr(out, "logits", out)[:, columns]
+            index = packed.index[:, columns].clamp(min=0)
+            inputs = dict(input_ids=packed.input_ids, attention_mask=None, position_ids=packed.position_ids)
+        else:
+            B, W = input_ids.shape
+            index = torch.arange(B, device=input_ids.device)[:, None] * W + torch.arange(W, device=input_ids.device)[columns]
+            inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
+        with head_only_at(model, index):
+            out = model(**inputs, use_cache=False)
+        return getattr(out, "logits", out)
 
     @torch.no_grad()
     def sequence_logprobs(self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, T: int) -> Tensor:
@@ -200,7 +216,7 @@ class RLModule(PolicyModule):
 
         def logprobs(ids: Tensor, mask: Tensor) -> Tensor:
             logits = self.outputs(model, ids, mask, slice(-T - 1, -1))
-            return token_logprobs(logits / self.score_temperature, ids[:, -T:])[0]
+            return token_logprobs(logits / self.score_temperature, ids[:, -T:], with_entropy=False)[0]
 
         return self._per_micro_batch(logprobs, input_ids, attention_mask)
 
@@ -218,7 +234,7 @@ class RLModule(PolicyModule):
         come from ``sampler_logprobs`` (one list per episode) when the engine gave them all."""
         T = response_mask.shape[1]
         if self.sampler_logprobs and sampler_logprobs and all(lp is not None for lp in sampler_logprobs):
-            old_logprobs = pad_rows(sampler_logprobs, T).to(response_mask.device)
+            old_logprobs = pad_rows(sampler_logprobs, T).to(response_mask.device)  # fp32
         else:
             old_logprobs = self.sequence_logprobs(self.policy, input_ids, attention_mask, T)
         ref_logprobs = self.sequence_logprobs(self.reference, input_ids, attention_mask, T)
@@ -276,7 +292,8 @@ class RLModule(PolicyModule):
             by_rows = len(idx) / rows
             yield micro, {"token_mean": micro.loss_mask.sum() / tokens, "seq_mean": by_rows, "seq_sum": by_rows}
 
-    def training_step(self, batch: Experience, batch_idx: int) -> None:
+    def training_step(self, batch: MiniBatch, batch_idx: int) -> None:
+        batch = batch.experience
         optimizers = self.optimizers()
         policy_opt, critic_opt = optimizers if isinstance(optimizers, list) else (optimizers, None)
         logs: dict[str, Tensor] = {}

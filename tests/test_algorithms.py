@@ -109,7 +109,7 @@ def test_stream_keeps_pairs_together_and_handles_small_experience():
     batches = list(stream)
     assert len(batches) == 2 * 3  # only 3 pairs: 3 mini-batches per epoch, not 8
     for mb in batches:
-        first = mb.advantages[:, 0].long().tolist()
+        first = mb.experience.advantages[:, 0].long().tolist()
         assert first[0] % 2 == 0 and first[1] == first[0] + 1
     empty = ExperienceStream(4, 2, lambda: 0)
     empty.load(exp.select(torch.tensor([], dtype=torch.long)))

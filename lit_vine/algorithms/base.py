@@ -68,8 +68,9 @@ class Algorithm:
         raise NotImplementedError
 
     def training_rows(self, rollouts: Rollouts, advantages: Tensor) -> Tensor:
-        """Indices of the episodes the objective trains on (all, by default)."""
-        return torch.arange(len(rollouts.scores))
+        """Indices of the episodes the objective trains on (all, by default), on the CPU, where the
+        experience waits for its mini-batches."""
+        return torch.arange(len(rollouts.scores), device="cpu")
 
     def policy_mask(self, rollouts: Rollouts) -> Tensor | None:
         """``(B, T)``: the response tokens the policy loss and whitening use; ``None``: all of them."""

@@ -86,4 +86,4 @@ class DPOPlus(Algorithm):
 
     def training_rows(self, rollouts: Rollouts, advantages: Tensor) -> Tensor:
         """(chosen, rejected) pairs side by side."""
-        return torch.tensor([b for pair in self.pairs(rollouts.scores.cpu(), rollouts.group) for b in pair], dtype=torch.long)
+        return torch.tensor([b for pair in self.pairs(rollouts.scores.cpu(), rollouts.group.cpu()) for b in pair], dtype=torch.long, device="cpu")

@@ -15,6 +15,7 @@ from lit_vine.advantages import spo_cutpoints, vine_advantages
 from lit_vine.algorithms.base import Algorithm, Episode, RolloutContext
 from lit_vine.algorithms.vine import kl_reward_to_go, monte_carlo_values
 from lit_vine.blame import blame_statistics
+from lit_vine.devices import FLOAT
 from lit_vine.errors import check
 from lit_vine.experience import Rollouts, pad_rows
 from lit_vine.rollout.engine import SamplingParams
@@ -61,7 +62,7 @@ class SPOChain(Algorithm):
         values = [[v[0] if v else float(r)] + v for v, r in zip(estimates, rollouts.scores)]
         ends = [b + [n] for b, n in zip(boundaries, lengths)]
         T = rollouts.response_mask.shape[1]
-        advantages = vine_advantages(values, ends, rollouts.scores.tolist(), T) + kl_reward_to_go(rollouts)
+        advantages = vine_advantages(values, ends, rollouts.scores.tolist(), T, rollouts.scores.device) + kl_reward_to_go(rollouts)
         ctx.stats.update(
             {
                 "spo/segments_per_response": sum(len(b) + 1 for b in boundaries) / len(boundaries),
@@ -180,14 +181,14 @@ class SPOTree(Algorithm):
         advantages = pad_rows([adv for *_, adv in paths], max(1, max(len(p[1]) for p in paths)))
         texts = [ctx.tokenizer.decode(response, skip_special_tokens=True) for _, response, _, _ in paths]
         return blame_statistics([problems[p] for p, *_ in paths], [r for _, r, _, _ in paths], texts,
-                                torch.tensor([v for _, _, v, _ in paths]), advantages, ctx.task, ctx.tokenizer)
+                                torch.tensor([v for _, _, v, _ in paths], dtype=FLOAT, device="cpu"), advantages, ctx.task, ctx.tokenizer)
 
     def policy_mask(self, rollouts: Rollouts) -> Tensor:
         return probability_mask(rollouts, self.prob_threshold)
 
     def advantages(self, rollouts: Rollouts, ctx: RolloutContext) -> tuple[Tensor, None]:
         check(len(self._advantages) == len(rollouts.response_ids), "SPOTree.advantages must follow its own sample() on the same episodes")
-        edge = torch.tensor(self._advantages, device=rollouts.response_mask.device, dtype=rollouts.response_mask.dtype)
+        edge = torch.tensor(self._advantages, device=rollouts.response_mask.device, dtype=FLOAT)
         return (edge[:, None] + kl_reward_to_go(rollouts)) * self.policy_mask(rollouts), None
 
 

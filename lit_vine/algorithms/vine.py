@@ -52,13 +52,13 @@ class VinePPO(Algorithm):
         estimates = monte_carlo_values(rollouts, ctx, states, self.num_mc_rollouts)
         state_values = [fill_values_past_cap(v, len(ends), float(r)) for v, ends, r in zip(estimates, step_ends, rollouts.scores)]
         T = rollouts.response_mask.shape[1]
-        advantages = vine_advantages(state_values, step_ends, rollouts.scores.tolist(), T) + kl_reward_to_go(rollouts)
+        advantages = vine_advantages(state_values, step_ends, rollouts.scores.tolist(), T, rollouts.scores.device) + kl_reward_to_go(rollouts)
 
-        values = torch.tensor([v for vs in state_values for v in vs])
+        values = [v for vs in state_values for v in vs]
         ctx.stats.update(
             {
                 "vine/steps_per_response": sum(len(e) for e in step_ends) / len(step_ends),
-                "vine/value_mean": float(values.mean()),
+                "vine/value_mean": sum(values) / len(values),
                 "time/value_estimation": time.perf_counter() - start,
             }
         )
@@ -99,5 +99,5 @@ def kl_reward_to_go(rollouts: Rollouts) -> Tensor:
     token to the end; MC values hold only the task reward, so it enters the advantages here."""
     kl_rewards = rollouts.token_rewards.clone()
     last = rollouts.response_mask.sum(-1).long() - 1
-    kl_rewards[torch.arange(len(last)), last] -= rollouts.scores
+    kl_rewards[torch.arange(len(last), device=last.device), last] -= rollouts.scores
     return kl_rewards.flip(-1).cumsum(-1).flip(-1)
