@@ -24,6 +24,7 @@ import torch
 from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lit_vine.distributed import all_gather_objects, iter_full_parameters, rank_and_world_size
 from lit_vine.errors import ConfigError
 from lit_vine.evaluation import EvalConfig
 from lit_vine.models import TinyConfig
@@ -61,10 +62,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def fingerprint(model: torch.nn.Module) -> list[float]:
-    """A cheap summary of a model's weights (sum and sum of squares in float64)."""
+    """A cheap summary of a model's whole weights (sum and sum of squares in float64), gathered
+    where sharded (a collective then: every rank must call it)."""
     total, squares = 0.0, 0.0
-    for p in model.parameters():
-        x = p.detach().double()
+    for _, p in iter_full_parameters(model):
+        x = p.double()
         total += float(x.sum())
         squares += float((x * x).sum())
     return [total, squares]
@@ -86,7 +88,7 @@ def save_run_state(module: LightningModule, checkpoint: dict[str, Any]) -> None:
         "value_pretraining": dict(module.value_pretraining),
         "update_guard": module.update_guard.state_dict(),
         "policy_updates": module.policy_updates,
-        "rng": rng_state(),
+        "rng": all_gather_objects(rng_state()),  # every rank's: each resumes its own draws
         "reference_fingerprint": fingerprint(module.reference),
     }
 
@@ -106,14 +108,25 @@ def load_run_state(module: LightningModule, checkpoint: dict[str, Any]) -> None:
     module.value_pretraining = dict(state["value_pretraining"])
     module.update_guard.load_state_dict(state["update_guard"])
     module.policy_updates = state.get("policy_updates", 0)
-    set_rng_state(state["rng"])
+    rng = state["rng"]
+    if isinstance(rng, list):  # one per rank; a process count that changed resumes rank 0's draws
+        rng = rng[module.global_rank] if len(rng) == module.trainer.world_size else rng[0]
+    set_rng_state(rng)
 
 
 # ----- checkpoint files --------------------------------------------------------------------------
 def export_hf(module: LightningModule, folder: str) -> None:
-    """The policy and its tokenizer in plain ``transformers`` format (``from_pretrained``-able)."""
-    module.policy.save_pretrained(folder)
-    module.tokenizer.save_pretrained(folder)
+    """The policy and its tokenizer in plain ``transformers`` format (``from_pretrained``-able),
+    written by rank 0 from the whole weights: sharded ones are gathered first, a collective that
+    every rank must join."""
+    rank, _ = rank_and_world_size()
+    weights = {}
+    for name, tensor in iter_full_parameters(module.policy):  # a collective per sharded parameter
+        if rank == 0:
+            weights[name] = tensor.cpu().clone()
+    if rank == 0:
+        module.policy.save_pretrained(folder, state_dict=weights)
+        module.tokenizer.save_pretrained(folder)
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -140,7 +153,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
-        if self.export_hf and trainer.is_global_zero and hasattr(trainer.lightning_module, "policy"):
+        if self.export_hf and hasattr(trainer.lightning_module, "policy"):  # every rank: the weights are gathered
             export_hf(trainer.lightning_module, self.hf_folder(filepath))
 
     def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:

@@ -8,6 +8,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset
 
+from lit_vine.distributed import equal_shards
 from lit_vine.experience import ExperienceStream, num_mini_batches
 from lit_vine.tasks.arithmetic import ArithmeticTask
 from lit_vine.tasks.base import Problem, Split, Task
@@ -92,12 +93,14 @@ class TaskDataModule(LightningDataModule):
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _problems_loader(self, split: Split) -> DataLoader:
-        # Each process evaluates its own share (rank::world_size), so every problem is evaluated
-        # exactly once and the synced metrics are those of the whole split. An IterableDataset keeps
-        # Lightning from adding a DistributedSampler, which would pad the last share with repeats.
+        # Each process evaluates its own share, so every problem is evaluated exactly once and the
+        # synced metrics are those of the whole split, in as many batches as the others (a batch may
+        # be empty: its evaluation still runs the engine's collectives, lit_vine.distributed). An
+        # IterableDataset keeps Lightning from adding a DistributedSampler, which would pad the
+        # last share with repeats.
         trainer = getattr(self, "trainer", None)
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        batches = ProblemBatches(self.task.problems(split)[rank::world_size], self.eval_batch_size)
+        batches = ProblemBatches(equal_shards(self.task.problems(split), self.eval_batch_size, rank, world_size))
         return DataLoader(batches, batch_size=None, collate_fn=_keep)
 
     def val_dataloader(self) -> DataLoader:
@@ -108,17 +111,16 @@ class TaskDataModule(LightningDataModule):
 
 
 class ProblemBatches(IterableDataset):
-    """Problems in consecutive batches (lists), in order."""
+    """Batches (lists) of problems, in order."""
 
-    def __init__(self, problems: list[Problem], batch_size: int) -> None:
-        self.problems, self.batch_size = problems, batch_size
+    def __init__(self, batches: list[list[Problem]]) -> None:
+        self.batches = batches
 
     def __len__(self) -> int:
-        return -(-len(self.problems) // self.batch_size)
+        return len(self.batches)
 
     def __iter__(self):
-        for start in range(0, len(self.problems), self.batch_size):
-            yield self.problems[start : start + self.batch_size]
+        yield from self.batches
 
 
 def _keep(batch):

@@ -88,6 +88,23 @@ def _rope_frequencies(rotary: nn.Module) -> torch.Tensor:
     return inv_freq.to(torch.float32)
 
 
+def activation_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype ``model``'s activations (and a KV cache) take in the current context: autocast's
+    where it is on for the model's device, else the parameters'."""
+    param = next(model.parameters())
+    kind = param.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else param.dtype
+
+
+def memory_budget_gib(device: torch.device, share: float = 0.3, cpu_gib: float = 4.0) -> float:
+    """A memory budget for one rollout call: ``share`` of the GPU's free memory now, ``cpu_gib``
+    elsewhere."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return share * free / 2**30
+    return cpu_gib
+
+
 def free_cached_memory() -> None:
     """Hand the CUDA caching allocator's free blocks back to the driver, so that another allocator
     in this process (vLLM waking up, colocated) can have them; nothing on a CPU."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
 from lit_vine.devices import FLOAT
+from lit_vine.errors import check
 
 from lit_vine.tasks.base import Problem
 
@@ -95,6 +96,20 @@ class Experience:
         present = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
         return Experience(**{name: x.to(device, non_blocking=non_blocking) for name, x in present.items()})
 
+    def padded_to(self, rows: int, filler: Experience) -> Experience:
+        """This experience with copies of ``filler``'s rows appended up to ``rows``, their masks all
+        zero: they take part in every forward and backward (and so in a strategy's collectives,
+        which every rank must run as often as the others) and in nothing else. No token of theirs
+        enters a loss, a whitening statistic or a metric."""
+        missing = rows - len(self)
+        if missing <= 0:
+            return self
+        check(len(filler) > 0, "padding experience needs at least one filler row")
+        repeats = filler.select(torch.arange(missing, device="cpu") % len(filler))
+        silent = replace(repeats, response_mask=torch.zeros_like(repeats.response_mask),
+                         policy_mask=None if repeats.policy_mask is None else torch.zeros_like(repeats.policy_mask))
+        return silent if len(self) == 0 else concatenate([self, silent])
+
     def select(self, rows: Tensor) -> Experience:
         """Rows ``rows``, with columns that are padding in all of them cut away."""
         present = [f.name for f in fields(self) if getattr(self, f.name) is not None]
@@ -109,6 +124,25 @@ class Experience:
             x = getattr(self, name)[rows]
             out[name] = x[:, left : P + T] if x.shape[1] == self.input_ids.shape[1] else x[:, :T]
         return Experience(**out)
+
+
+def concatenate(parts: list[Experience]) -> Experience:
+    """The rows of ``parts`` in one experience: prompts left-padded, responses right-padded to the
+    widest (padding is 0 everywhere, attention included)."""
+    P, T = max(e.prompt_width for e in parts), max(e.response_mask.shape[1] for e in parts)
+    out = {}
+    for f in fields(Experience):
+        values = [getattr(e, f.name) for e in parts]
+        if values[0] is None:
+            out[f.name] = None
+            continue
+        padded = []
+        for e, x in zip(parts, values):
+            whole = x.shape[1] == e.input_ids.shape[1]  # prompt + response columns, else response only
+            left, right = (P - e.prompt_width if whole else 0), T - e.response_mask.shape[1]
+            padded.append(torch.nn.functional.pad(x, (left, right)))
+        out[f.name] = torch.cat(padded)
+    return Experience(**out)
 
 
 class MiniBatch:

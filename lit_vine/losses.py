@@ -39,13 +39,15 @@ def aggregate(x: Tensor, mask: Tensor, how: Aggregation) -> Tensor:
     """``token_mean``: mean over every real token of the batch; ``seq_mean``: mean per sequence,
     then over sequences (each response weighs the same whatever its length); ``seq_sum``: sum over
     each response's tokens, mean over responses (the VinePPO reference's KL term; verl's
-    ``seq-mean-token-sum``)."""
+    ``seq-mean-token-sum``). A row without a masked token (a filler row that keeps ranks in step,
+    lit_vine.experience) is no sequence."""
     if how == "token_mean":
         return (x * mask).sum() / mask.sum().clamp(min=1)
+    sequences = (mask.sum(-1) > 0).sum().clamp(min=1)
     if how == "seq_mean":
-        return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+        return ((x * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / sequences
     if how == "seq_sum":
-        return (x * mask).sum(-1).mean()
+        return (x * mask).sum(-1).sum() / sequences
     raise ValueError(f"unknown loss aggregation {how!r}; expected 'token_mean', 'seq_mean' or 'seq_sum'")
 
 
@@ -110,19 +112,26 @@ def token_logprobs(logits: Tensor, tokens: Tensor, entropy_grad: bool = True, wi
 
 
 def dpo_positive_loss(
-    logp_chosen: Tensor, logp_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float, lambda_dpop: float
+    logp_chosen: Tensor, logp_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor, beta: float, lambda_dpop: float,
+    valid: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """DPO-Positive (Pal et al. 2024, eq. 3) on sequence log-likelihoods ``(N,)`` of N pairs.
 
-    -log sigmoid(beta * ((lw - rw) - (ll - rl) - lambda_dpop * max(0, rw - lw))), averaged over pairs:
-    the penalty inside the sigmoid grows when the chosen response becomes less likely than under
-    the reference.
+    -log sigmoid(beta * ((lw - rw) - (ll - rl) - lambda_dpop * max(0, rw - lw))), averaged over pairs
+    (over the ``valid`` ones, ``(N,)`` bool, when given): the penalty inside the sigmoid grows when
+    the chosen response becomes less likely than under the reference.
     """
+    weight = torch.ones_like(logp_chosen) if valid is None else valid.to(logp_chosen.dtype)
+    count = weight.sum().clamp(min=1)
+
+    def mean(x: Tensor) -> Tensor:
+        return (x * weight).sum() / count
+
     penalty = torch.clamp(ref_chosen - logp_chosen, min=0)
     margin = (logp_chosen - ref_chosen) - (logp_rejected - ref_rejected)
-    loss = -F.logsigmoid(beta * (margin - lambda_dpop * penalty)).mean()
+    loss = mean(-F.logsigmoid(beta * (margin - lambda_dpop * penalty)))
     with torch.no_grad():
-        stats = {"dpo_margin": margin.mean(), "dpo_accuracy": (margin > 0).float().mean(), "dpop_penalty": penalty.mean()}
+        stats = {"dpo_margin": mean(margin), "dpo_accuracy": mean((margin > 0).float()), "dpop_penalty": mean(penalty)}
     return loss, stats
 
 

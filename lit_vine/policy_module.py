@@ -11,6 +11,7 @@ import torch.distributed as dist
 from lightning import LightningModule
 from torchmetrics import MeanMetric
 
+from lit_vine.devices import keep_rope_in_float32
 from lit_vine.errors import ConfigError, check
 from lit_vine.evaluation import EvalConfig, evaluate
 from lit_vine.faults import fit_prompt
@@ -72,6 +73,17 @@ class PolicyModule(LightningModule):
             self._own_engine = HFEngine()
             self._own_engine.setup(self.policy, self.tokenizer)
         return self._own_engine
+
+    # A strategy or precision plugin that cast the module (bf16-true, DeepSpeed) cast the RoPE
+    # frequencies with it: they go back to fp32 before anything runs (lit_vine.devices).
+    def on_fit_start(self) -> None:
+        keep_rope_in_float32(self)
+
+    def on_validation_start(self) -> None:
+        keep_rope_in_float32(self)
+
+    def on_test_start(self) -> None:
+        keep_rope_in_float32(self)
 
     def derived_seed(self, purpose: str) -> int:
         """A seed for one use in one iteration on one rank, stable across restarts."""

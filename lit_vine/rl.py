@@ -7,11 +7,13 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 
-from lit_vine.advantages import masked_mean, whiten
+from lit_vine.advantages import whiten
 from lit_vine.algorithms import Algorithm, VinePPO, Whitening
 from lit_vine.evaluation import EvalConfig
 from lit_vine.devices import compute_dtype, place_frozen
+from lit_vine.distributed import agreed_max, pooled_sums
 from lit_vine.experience import Experience, MiniBatch, pad_rows, position_ids
 from lit_vine.packing import pack, packing_works
 from lit_vine.losses import (
@@ -83,6 +85,9 @@ class RLModule(PolicyModule):
             end (``lit_vine.packing``) instead of padded to the longest: the same outputs, without
             the padding's share of the work. Checked once against the padded forward; a model
             whose attention ignores the episode boundaries falls back to padding, with a warning.
+            fp32 only: in bf16, SDPA's blocked kernels make a packed episode's numbers depend on
+            the episodes beside it (up to 5e-2 in a log-prob, measured on CPU), so the old policy's
+            log-probs would not be the loss's; runs that compute in half precision pad.
         reuse_sampler_logprobs: PPO-family objectives take the old policy's log-probs from the
             rollout engine when it has them (``HFEngine``'s fork decoding scores every token it
             samples with the live policy) instead of a second forward over every episode. In fp32
@@ -178,7 +183,8 @@ class RLModule(PolicyModule):
         self.value_pretraining = {"active": self.algorithm.value_pretrain_iterations > 0, "best_ev": float("-inf"), "stale": 0}
         self.update_guard = UpdateGuard(max_consecutive_nonfinite, max_mean_ratio)
         self.policy_updates = 0  # policy optimizer steps taken (a critic's are not counted)
-        self.packing = packing and packing_works(self.policy)
+        self.packs = packing and packing_works(self.policy)  # the model keeps packed episodes apart
+        self.packing = self.packs
         # only the PPO family scores at the sampling temperature, as the engine's log-probs are
         self.sampler_logprobs = reuse_sampler_logprobs and self.algorithm.objective == "ppo"
 
@@ -187,13 +193,21 @@ class RLModule(PolicyModule):
         reused only where they equal the loss's forward (fp32)."""
         dtype = compute_dtype(self.trainer.precision)
         place_frozen(self.reference, self.trainer.strategy.root_device, dtype)
-        self.sampler_logprobs = self.hparams.reuse_sampler_logprobs and self.algorithm.objective == "ppo" and dtype == torch.float32
+        exact = dtype == torch.float32  # where a cached decode and a packed forward equal the loss's forward
+        self.sampler_logprobs = self.hparams.reuse_sampler_logprobs and self.algorithm.objective == "ppo" and exact
+        self.packing = self.packs and exact
 
     # ----- experience ---------------------------------------------------------------------------
     def _per_micro_batch(self, fn, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """``fn(ids, mask)`` over micro-batches of rows, concatenated: bounds activation memory."""
+        """``fn(ids, mask)`` over micro-batches of rows, concatenated: bounds activation memory.
+        Every rank runs as many forwards (each one all-gathers under FSDP): a rank with fewer
+        rows (SPO-tree's edges) repeats its first micro-batch and drops the result."""
         size = self.hparams.micro_batch_size
-        return torch.cat([fn(ids, mask) for ids, mask in zip(input_ids.split(size), attention_mask.split(size))])
+        chunks = list(zip(input_ids.split(size), attention_mask.split(size)))
+        out = [fn(ids, mask) for ids, mask in chunks]
+        for _ in range(agreed_max(len(chunks)) - len(chunks)):
+            fn(*chunks[0])
+        return torch.cat(out)
 
     def outputs(self, model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, columns: slice) -> Tensor:
         """``model``'s logits ``(B, C, V)`` (a critic's values ``(B, C)``) at the padded batch's
@@ -242,10 +256,16 @@ class RLModule(PolicyModule):
         return old_logprobs, ref_logprobs, values
 
     def update_value_pretraining(self, values: Tensor, returns: Tensor, mask: Tensor) -> dict[str, float]:
-        """VC-PPO: pretrain the critic until its explained variance on fresh rollouts stops improving."""
-        residual_var = masked_mean((returns - values) ** 2, mask) - masked_mean(returns - values, mask) ** 2
-        returns_var = masked_mean(returns**2, mask) - masked_mean(returns, mask) ** 2
-        ev = float(1 - residual_var / returns_var.clamp(min=1e-8))
+        """VC-PPO: pretrain the critic until its explained variance on fresh rollouts stops improving.
+        The explained variance is that of all ranks' tokens together, so every rank decides alike."""
+        error = returns - values
+        n, s_err, s_err2, s_ret, s_ret2, s_val = pooled_sums(
+            *(float(x) for x in ((mask.sum(), (error * mask).sum(), (error**2 * mask).sum(), (returns * mask).sum(), (returns**2 * mask).sum(), (values * mask).sum())))
+        )
+        n = max(n, 1.0)
+        residual_var = s_err2 / n - (s_err / n) ** 2
+        returns_var = s_ret2 / n - (s_ret / n) ** 2
+        ev = 1 - residual_var / max(returns_var, 1e-8)
         state = self.value_pretraining
         if state["active"]:
             if ev > state["best_ev"]:
@@ -254,7 +274,7 @@ class RLModule(PolicyModule):
                 state["stale"] += 1
             if state["stale"] >= self.algorithm.value_pretrain_patience or self.current_epoch >= self.algorithm.value_pretrain_iterations:
                 state["active"] = False
-        return {"critic/value_mean": float(masked_mean(values, mask)), "critic/explained_variance": ev, "critic/value_pretraining": float(state["active"])}
+        return {"critic/value_mean": s_val / n, "critic/explained_variance": ev, "critic/value_pretraining": float(state["active"])}
 
     def update_kl_coef(self, sequence_kl: float) -> None:
         """After an iteration: adapt ``kl_coef`` to ``kl_target`` (Ziegler et al. 2019), if set."""
@@ -282,14 +302,15 @@ class RLModule(PolicyModule):
     def _micro_batches(self, batch: Experience):
         """Micro-batches, each with its share of the mini-batch per aggregation, so that the summed
         micro-batch losses equal the mini-batch loss: a share of the tokens for ``token_mean``, of
-        the responses otherwise."""
+        the responses otherwise (filler rows, which have no token, are no response)."""
         tokens, rows = batch.loss_mask.sum().clamp(min=1), len(batch)
+        responses = batch.loss_mask.sum(-1) > 0
         size = self.hparams.micro_batch_size
         if self.algorithm.objective == "dpo":  # keep (chosen, rejected) pairs in one micro-batch
             size = max(2, size - size % 2)
         for idx in torch.arange(rows, device=batch.input_ids.device).split(size):
             micro = batch.select(idx)
-            by_rows = len(idx) / rows
+            by_rows = responses[idx].sum() / responses.sum().clamp(min=1)
             yield micro, {"token_mean": micro.loss_mask.sum() / tokens, "seq_mean": by_rows, "seq_sum": by_rows}
 
     def training_step(self, batch: MiniBatch, batch_idx: int) -> None:
@@ -345,7 +366,8 @@ class RLModule(PolicyModule):
             loss, stats = aggregate(-logprobs * micro.advantages, mask, how), {}
         else:  # dpo: rows are (chosen, rejected) pairs, a mean over pairs
             seq, ref = (logprobs * mask).sum(-1), (micro.ref_logprobs * mask).sum(-1)
-            loss, stats = dpo_positive_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2], self.algorithm.beta, self.algorithm.lambda_dpop)
+            pairs = mask[0::2].any(-1)  # filler rows (lit_vine.experience.Experience.padded_to) form no pair
+            loss, stats = dpo_positive_loss(seq[0::2], seq[1::2], ref[0::2], ref[1::2], self.algorithm.beta, self.algorithm.lambda_dpop, pairs)
             how = "seq_mean"
         kl_how = hp.kl_aggregation or hp.loss_aggregation
         kl = aggregate(self.kl_tokens(logprobs, micro.ref_logprobs), mask, kl_how)
@@ -367,7 +389,9 @@ class RLModule(PolicyModule):
         return kl if hp.kl_clip is None else kl.clamp(-hp.kl_clip, hp.kl_clip)
 
     def _step(self, optimizer, model: torch.nn.Module, name: str = "policy", batch_idx: int = 0, loss: Tensor | None = None, ratio: Tensor | None = None) -> Tensor:
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.hparams.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.hparams.max_grad_norm)  # over all shards under FSDP2
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
         # A non-finite loss or gradient, or a ratio explosion, skips the update (faults.UpdateGuard);
         # every process takes the same decision. The schedule moves on either way, as in the reference.
         reason = self.update_guard.reason_to_skip(name, None if loss is None else float(loss), float(norm), None if ratio is None else float(ratio))

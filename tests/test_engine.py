@@ -81,10 +81,15 @@ def test_finished_rows_leave_the_batch(sft):
     finally:
         hook.remove()
     lengths = sorted(len(c) for group in out for c in group)  # a row that ends samples EOS at step length - 1
+    k = fork.sync_every  # the decoder looks at which rows ended after every k-th token only
+
+    def first_look(length: int) -> int:  # the step at which the decoder sees a row of this length ended
+        return min(-(-length // k) * k - 1, 47)
+
     assert widths[0] == 8 and widths[1] == 32  # one prefill of the 8 prompts, then 4 rows each
     assert all(a >= b for a, b in zip(widths[1:], widths[2:])) and widths[-1] < 32  # it only shrinks
-    assert len(widths) == 1 + lengths[-1] - 1  # decoding stops with the longest completion
-    assert widths.count(32) == lengths[7] - 1  # full width until a quarter of the 32 rows have ended
+    assert len(widths) == 1 + first_look(lengths[-1])  # decoding stops once it sees the longest completion ended
+    assert widths.count(32) == first_look(lengths[7])  # full width until it sees a quarter of the 32 rows ended
 
 
 def test_sampled_mc_values_of_both_decodings_agree(sft):
@@ -133,3 +138,49 @@ def test_fork_hands_over_the_log_probs_a_forward_gives(sft):
     assert checked > 20
     assert fork.generate(prompts, params.with_(logprobs=False), seed=0)[0][0].logprobs is None
     assert getattr(generate.generate(prompts, params, seed=0)[0][0], "logprobs", None) is None  # recomputed by the trainer
+
+
+class HostSyncs(torch.overrides.TorchFunctionMode):
+    """Counts the calls that make the host wait for the device (on a GPU: a stalled queue at each):
+    reading a tensor back (``item``, ``tolist``, ``bool``/``int``/``float`` of one), ``nonzero`` and
+    indexing with a boolean mask, whose result's size only the device knows. Calls made inside the
+    model's own forward are the model's business and are not counted."""
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
+             torch.Tensor.nonzero, torch.nonzero, torch.Tensor.masked_select, torch.masked_select}
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.count, self.inside_model = 0, 0
+        self.hooks = [model.register_forward_pre_hook(lambda *a: self._enter()), model.register_forward_hook(lambda *a: self._leave())]
+
+    def _enter(self) -> None:
+        self.inside_model += 1
+
+    def _leave(self) -> None:
+        self.inside_model -= 1
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if not self.inside_model:
+            boolean_index = func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if isinstance(args[1], tuple) else (args[1],)))
+            self.count += func in self.READS or boolean_index
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("logprobs", [False, True])
+def test_fork_decoding_reads_back_from_the_device_rarely(sft, logprobs):
+    """28070cc read five values back per generated token (alive rows, tokens, log-probs, any,
+    count); the decoder now keeps tokens on the device and looks once every ``sync_every`` tokens."""
+    model, tokenizer = sft
+    fork, _ = engines(model, tokenizer)
+    params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=48, n=4, logprobs=logprobs)
+    counter = HostSyncs(model)
+    try:
+        with counter:
+            out = fork.generate(prompts(tokenizer, 8), params, seed=0)
+    finally:
+        for hook in counter.hooks:
+            hook.remove()
+    steps = max(len(c) for group in out for c in group)  # decoding steps the batch ran (at least)
+    assert counter.count <= steps / fork.sync_every + 8, f"{counter.count} reads back for {steps} decoding steps"

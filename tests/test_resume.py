@@ -31,7 +31,7 @@ class Recorder(Logger):
         pass
 
     def log_metrics(self, metrics, step=None) -> None:
-        self.rows.append((step, {k: float(v) for k, v in metrics.items() if not k.startswith("time/")}))
+        self.rows.append((step, {k: float(v) for k, v in metrics.items() if not k.startswith(("time/", "memory/"))}))  # measurements, not run state
 
 
 class SigtermAt(Callback):

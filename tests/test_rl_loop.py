@@ -243,3 +243,37 @@ def test_iteration_time_covers_the_weight_sync(tmp_path):
     assert metrics["time/weight_sync"] >= 0.3
     assert metrics["time/iteration"] >= metrics["time/weight_sync"] + metrics["time/generation"] + metrics["time/scoring"]
     assert metrics["time/iteration"] <= wall
+
+
+def test_validation_samples_from_the_iterations_new_weights(tmp_path):
+    """Lightning validates before the iteration's ``on_train_epoch_end``: an engine that keeps its
+    own copy of the weights (vLLM) must get them before validation samples, or validation measures
+    the previous iteration's policy (as on 28070cc)."""
+    from lightning import Callback
+
+    from lit_vine import HFEngine, RolloutCallback
+
+    events = []
+
+    class RecordingEngine(HFEngine):
+        def sync_weights(self, policy):
+            events.append("sync")
+
+    class Recorder(Callback):
+        def on_train_batch_end(self, *args):
+            events.append("train")
+
+        def on_validation_start(self, *args):
+            events.append("validation")
+
+    module = RLModule(policy=SFT, algorithm=GRPO(), responses_per_prompt=2, max_new_tokens=16, mini_batch_size=8, micro_batch_size=8,
+                      ppo_epochs=1, evaluation=EvalConfig(num_samples=0))
+    trainer = Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, check_val_every_n_epoch=1,
+                      callbacks=[RolloutCallback(RecordingEngine()), Recorder()])
+    trainer.fit(module, TaskDataModule(ArithmeticTask(num_train=16, num_validation=2, num_test=2), prompts_per_iteration=4))
+    validations = [i for i, e in enumerate(events) if e == "validation"]
+    assert len(validations) == 2
+    for i in validations:
+        last_update = max(j for j in range(i) if events[j] == "train")
+        assert "sync" in events[last_update:i], events

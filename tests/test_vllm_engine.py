@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import random
 import subprocess
 import sys
 import textwrap
 import types
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 import lit_vine.rollout.vllm as vllm_engine
 from conftest import REPO
+from lit_vine.distributed import iter_full_parameters
 from lit_vine.rollout.engine import HFEngine, SamplingParams
 from lit_vine.rollout.vllm import (
     SYNC_TIMEOUT_EXIT_CODE,
@@ -30,7 +33,6 @@ from lit_vine.rollout.vllm import (
     WeightSyncError,
     check_probe,
     completion_ids,
-    iter_full_parameters,
     prompt_token_logprobs,
     sampling_kwargs,
     trainer_token_logprobs,
@@ -140,7 +142,11 @@ class FakeLLM:
 
     def __init__(self, **kwargs) -> None:
         self.kwargs, self.calls = kwargs, []
-        torch.manual_seed(12345)  # NOT the policy's init: only a weight sync makes them equal
+        # vLLM seeds the process's RNGs with LLM(seed=...) (random, numpy, torch); and the dummy
+        # weights must NOT be the policy's init: only a weight sync makes them equal.
+        random.seed(kwargs.get("seed", 0))
+        np.random.seed(kwargs.get("seed", 0))
+        torch.manual_seed(12345)
         self.model = FakeVLLMModel(LlamaForCausalLM(AutoConfig.from_pretrained(kwargs["model"])).eval(), self.broken_loader)
         self.model_config = types.SimpleNamespace(max_model_len=self.model.hf.config.max_position_embeddings)
         FakeLLM.instances.append(self)
@@ -304,6 +310,50 @@ def test_fake_engine_sleep_mode_sequence(fake_vllm, policy, monkeypatch):
     engine.sync_weights(model)  # after training: weights woken first, KV cache before the probe
     engine.generate(_prompts(tokenizer, 1), greedy, seed=0)
     assert llm.calls == ["sleep(1)", "wake_up(weights)", "reload_weights", "wake_up(kv_cache)", "reset_prefix_cache", "generate", "generate"]
+
+
+def test_building_the_engine_leaves_the_trainers_random_draws_alone(fake_vllm, policy):
+    """``LLM(seed=0)`` seeds torch's, numpy's and Python's global RNGs: built mid-run, it would
+    replay the trainer's draws (shuffles, dropout, the seeds of later iterations)."""
+    model, tokenizer = policy
+    engine = VLLMEngine(dtype="float32")
+    engine.setup(model, tokenizer)
+    torch.manual_seed(7), random.seed(7), np.random.seed(7)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(7), random.seed(7), np.random.seed(7)
+    engine.generate(_prompts(tokenizer, 1), SamplingParams(temperature=0.0, max_new_tokens=2), seed=0)  # builds the LLM
+    assert FakeLLM.instances, "the engine was not built"
+    drawn = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(drawn[0], expected[0]) and drawn[1:] == expected[1:]
+
+
+def test_the_trainers_cached_memory_is_freed_before_vllm_wakes_up(fake_vllm, policy, monkeypatch):
+    monkeypatch.setattr(vllm_engine, "sleep_mode_available", lambda: True)  # as on a GPU
+    model, tokenizer = policy
+    engine = VLLMEngine(dtype="float32", enable_sleep_mode=True)
+    engine.setup(model, tokenizer)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=2)
+    engine.generate(_prompts(tokenizer, 1), greedy, seed=0)
+    llm = FakeLLM.instances[0]
+    monkeypatch.setattr(vllm_engine, "free_cached_memory", lambda: llm.calls.append("free_cached_memory"))
+    llm.calls.clear()
+    engine.sleep()
+    engine.sync_weights(model)
+    wakes = [i for i, call in enumerate(llm.calls) if call.startswith("wake_up")]
+    assert len(wakes) == 2 and all(llm.calls[i - 1] == "free_cached_memory" for i in wakes), llm.calls
+
+
+def test_free_cached_memory_empties_the_cuda_cache_where_there_is_one(monkeypatch):
+    from lit_vine import devices
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    devices.free_cached_memory()
+    assert emptied == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    devices.free_cached_memory()
+    assert emptied == [True]
 
 
 def test_engine_without_vllm_says_how_to_install(monkeypatch, policy):

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from lightning import Callback, LightningModule, Trainer  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from lit_vine.devices import precision_context
+from lit_vine.distributed import equal_shards
 from lit_vine.evaluation import summarize
 from lit_vine.policy_module import gather_records, write_jsonl  # noqa: E402
 
@@ -38,12 +40,12 @@ class TestReport(Callback):
 
     def _evaluate(self, trainer: Trainer, module: LightningModule, label: str) -> dict[str, float]:
         problems = trainer.datamodule.task.problems("test")[: self.limit]
-        mine = problems[trainer.global_rank :: trainer.world_size]
+        batches = equal_shards(problems, trainer.datamodule.eval_batch_size, trainer.global_rank, trainer.world_size)
         seed = zlib.crc32(f"{module.seed}/test-report".encode())
-        batch = trainer.datamodule.eval_batch_size
         records = []
-        for start in tqdm(range(0, len(mine), batch), desc=f"test ({label})", disable=not trainer.is_global_zero):
-            records += module.evaluate_problems(mine[start : start + batch], seed=seed + start)
+        with precision_context(trainer):  # outside the *_step hooks: the trainer's numerics, set here
+            for k, batch in enumerate(tqdm(batches, desc=f"test ({label})", disable=not trainer.is_global_zero)):
+                records += module.evaluate_problems(batch, seed=seed + k * trainer.datamodule.eval_batch_size)
         records = gather_records(records)
         log_dir = trainer.log_dir  # a broadcast under DDP: every rank must ask, not only rank 0
         if trainer.is_global_zero and log_dir:

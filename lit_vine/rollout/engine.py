@@ -11,6 +11,8 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache, DynamicLayer, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase, TemperatureLogitsWarper, TopPLogitsWarper
 
+from lit_vine.devices import activation_dtype, memory_budget_gib
+from lit_vine.distributed import full_weights
 from lit_vine.experience import position_ids
 
 
@@ -101,42 +103,69 @@ class HFEngine(RolloutEngine):
     top-p), so the distribution is ``generate``'s. ``decoding="generate"`` calls ``generate`` on
     ``n`` copies of every prompt, decoding each chunk until its longest row ends.
 
+    Prompts are decoded in chunks whose KV cache fits ``kv_cache_gib`` (a 7B model's cache takes
+    480 KiB a token: reserving a whole Monte Carlo batch at once would ask for hundreds of GB).
+    Under FSDP or ZeRO-3 the policy's weights are gathered once per call and decoding runs no
+    collective (``lit_vine.distributed.full_weights``); every rank must call as often.
+
     Args:
-        batch_size: sequences decoded together (prompts x n); bounds memory.
+        batch_size: sequences decoded together (prompts x n), at most.
         decoding: ``fork`` or ``generate``.
+        kv_cache_gib: KV cache one chunk may reserve; ``None``: 30 % of the GPU's free memory at
+            the call, 4 GiB on a CPU.
+        sync_every: the fork decoder reads back from the device (how many rows are still going)
+            once every this many tokens, not at every token: on a GPU each read stalls the queue.
     """
 
-    def __init__(self, batch_size: int = 256, decoding: Literal["fork", "generate"] = "fork") -> None:
+    def __init__(
+        self, batch_size: int = 256, decoding: Literal["fork", "generate"] = "fork", kv_cache_gib: float | None = None, sync_every: int = 8
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"HFEngine.batch_size must be >= 1, got {batch_size}")
         if decoding not in ("fork", "generate"):
             raise ValueError(f"HFEngine.decoding must be 'fork' or 'generate', got {decoding!r}")
-        self.batch_size, self.decoding = batch_size, decoding
+        if kv_cache_gib is not None and kv_cache_gib <= 0:
+            raise ValueError(f"HFEngine.kv_cache_gib must be > 0 or null, got {kv_cache_gib}")
+        if sync_every < 1:
+            raise ValueError(f"HFEngine.sync_every must be >= 1, got {sync_every}")
+        self.batch_size, self.decoding, self.kv_cache_gib, self.sync_every = batch_size, decoding, kv_cache_gib, sync_every
 
-    def _chunks(self, prompts: list[list[int]], params: SamplingParams) -> list[tuple[list[int], int]]:
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV cache one token takes: keys and values of every layer, in the dtype the
+        forward computes in (bf16 under autocast)."""
+        config = self.policy.config
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return 2 * config.num_hidden_layers * heads * head_dim * activation_dtype(self.policy).itemsize
+
+    def _chunks(self, prompts: list[list[int]], params: SamplingParams, device: torch.device) -> list[tuple[list[int], int]]:
         """Prompt indices generated together, with their number of new tokens: similar lengths
-        together keep left padding short; a prompt near the end of the context gets what is left."""
+        together keep left padding short; a prompt near the end of the context gets what is left;
+        a chunk holds at most ``batch_size`` sequences and its KV cache fits the memory budget."""
         limits = [getattr(self.policy.config, "max_position_embeddings", None), params.max_total_tokens]
         context = min((n for n in limits if n is not None), default=None)
         budget = [params.max_new_tokens if context is None else min(params.max_new_tokens, context - len(p)) for p in prompts]
         per_call = max(1, self.batch_size // params.n)
+        gib = self.kv_cache_gib if self.kv_cache_gib is not None else memory_budget_gib(device)
+        max_tokens = gib * 2**30 / self.kv_bytes_per_token()  # cached tokens a chunk may reserve
         chunks: list[tuple[list[int], int]] = []
-        for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):
-            if chunks and chunks[-1][1] == budget[i] and len(chunks[-1][0]) < per_call:
+        for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):  # the newest prompt is the chunk's longest
+            fits = chunks and (len(chunks[-1][0]) + 1) * params.n * (len(prompts[i]) + budget[i]) <= max_tokens
+            if fits and chunks[-1][1] == budget[i] and len(chunks[-1][0]) < per_call:
                 chunks[-1][0].append(i)
             else:
                 chunks.append(([i], budget[i]))
         return chunks
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: FSDP cannot run under it
     def generate(self, prompts: list[list[int]], params: SamplingParams, seed: int) -> list[list[list[int]]]:
         device = next(self.policy.parameters()).device
         out: list[list[list[int]]] = [[] for _ in prompts]
         was_training = self.policy.training
         self.policy.eval()
         decode = self._fork if self.decoding == "fork" else self._generate
-        with seeded(seed):
-            for chunk, max_new_tokens in self._chunks(prompts, params):
+        with seeded(seed), full_weights(self.policy):
+            for chunk, max_new_tokens in self._chunks(prompts, params, device):
                 if max_new_tokens < 1:  # the prompt fills the context: nothing can follow
                     completions = [[] for _ in range(len(chunk) * params.n)]
                 else:
@@ -166,46 +195,59 @@ class HFEngine(RolloutEngine):
 
     def _fork(self, ids: Tensor, mask: Tensor, params: SamplingParams, max_new_tokens: int) -> list[list[int]]:
         """``n`` completions of each row (row-major): one prefill per row, its KV cache forked to
-        the ``n`` samples; once a quarter of the batch has emitted EOS, those rows leave it. With
+        the ``n`` samples; rows that emitted EOS leave the batch once a quarter of it is done. With
         ``params.logprobs`` each token's log-prob comes along: the live policy's own, so PPO's
-        old-policy forward can be skipped."""
+        old-policy forward can be skipped.
+
+        Sampled tokens and log-probs stay on the device until the end; the loop reads back only how
+        many rows are still going, once every ``sync_every`` tokens (a finished row decodes on in
+        between; what it writes after its EOS is cut off)."""
         eos, n = self.tokenizer.eos_token_id, params.n
         with_logprobs = params.logprobs and params.temperature > 0
         cache = DynamicCache(config=self.policy.config)
-        logits = self.policy(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), past_key_values=cache, use_cache=True).logits[:, -1]
+        logits = self.policy(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), past_key_values=cache, use_cache=True, logits_to_keep=1
+        ).logits[:, -1]
         reserve(cache, repeats=n, extra=max_new_tokens)  # the fork, into room for every new token
         logits, mask = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
-        rows = torch.arange(len(mask), device=ids.device)  # the output row of each batch row
-        alive = torch.ones_like(rows, dtype=torch.bool)
+        B, device = len(mask), ids.device
+        rows = torch.arange(B, device=device)  # the output row of each batch row
+        alive = torch.ones(B, dtype=torch.bool, device=device)
+        sampled = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
+        logprobs = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=device)
+        lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)  # a row without EOS runs to the end
         position = mask.sum(-1, keepdim=True)  # the next token's position
-        completions = [Completion() for _ in range(len(mask))]
-        logprobs: list[list[float]] = [[] for _ in range(len(mask))]
         warpers = LogitsProcessorList() if params.temperature == 0 else LogitsProcessorList(
             [TemperatureLogitsWarper(params.temperature), TopPLogitsWarper(params.top_p)]
         )
         for step in range(max_new_tokens):
             scores = warpers(None, logits.float())
             tokens = scores.argmax(-1) if params.temperature == 0 else torch.multinomial(scores.softmax(-1), 1)[:, 0]
-            live = rows[alive].tolist()
-            for row, token in zip(live, tokens[alive].tolist()):
-                completions[row].append(token)
+            sampled[rows, step] = tokens
             if with_logprobs:
-                chosen = torch.log_softmax(logits.float() / params.temperature, -1).gather(-1, tokens[:, None])[:, 0]
-                for row, logprob in zip(live, chosen[alive].tolist()):
-                    logprobs[row].append(logprob)
-            alive &= tokens != eos
-            if step == max_new_tokens - 1 or not alive.any():
+                logprobs[rows, step] = torch.log_softmax(logits.float() / params.temperature, -1).gather(-1, tokens[:, None])[:, 0]
+            ended = alive & (tokens == eos)
+            lengths[rows] = torch.where(ended, step + 1, lengths[rows])
+            alive &= ~ended
+            if step == max_new_tokens - 1:
                 break
-            if (~alive).sum() * 4 >= len(alive):  # a quarter of the rows are done: drop them (a copy of the cache)
-                keep = alive.nonzero()[:, 0]
-                cache.batch_select_indices(keep)
-                rows, tokens, mask, position, alive = rows[keep], tokens[keep], mask[keep], position[keep], alive[keep]
+            if (step + 1) % self.sync_every == 0:
+                going = int(alive.sum())  # the one read-back
+                if going == 0:
+                    break
+                if (len(alive) - going) * 4 >= len(alive):  # a quarter of the rows are done: drop them (a copy of the cache)
+                    keep = alive.nonzero()[:, 0]
+                    cache.batch_select_indices(keep)
+                    rows, tokens, mask, position, alive = rows[keep], tokens[keep], mask[keep], position[keep], alive[keep]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], -1)
             logits = self.policy(input_ids=tokens[:, None], attention_mask=mask, position_ids=position, past_key_values=cache, use_cache=True).logits[:, -1]
             position = position + 1
-        if with_logprobs:
-            for completion, values in zip(completions, logprobs):
-                completion.logprobs = values
+        completions = []
+        for tokens_row, logprobs_row, length in zip(sampled.tolist(), logprobs.tolist() if with_logprobs else [None] * B, lengths.tolist()):
+            completion = Completion(tokens_row[:length])
+            if with_logprobs:
+                completion.logprobs = logprobs_row[:length]
+            completions.append(completion)
         return completions
 
 

@@ -50,15 +50,16 @@ import os
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_vine.devices import free_cached_memory
+from lit_vine.distributed import iter_full_parameters
 from lit_vine.rollout.engine import RolloutEngine, SamplingParams, seeded
 
 SYNC_TIMEOUT_EXIT_CODE = 124
@@ -173,52 +174,21 @@ def deadline(seconds: float | None, what: str, exit_code: int = SYNC_TIMEOUT_EXI
         done.set()
 
 
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block that may seed the global RNGs (torch, CUDA, numpy, Python's), then put them back."""
+    from lit_vine.checkpointing import rng_state, set_rng_state
+
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
 def sleep_mode_available() -> bool:
     """vLLM's sleep mode runs on GPUs only: its CPU backend refuses ``enable_sleep_mode``."""
     return torch.cuda.is_available()
-
-
-_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-
-
-def clean_name(name: str) -> str:
-    """A parameter name without the wrappers' prefixes (FSDP, activation checkpointing, compile)."""
-    for prefix in _WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
-
-
-def iter_full_parameters(module: torch.nn.Module) -> Iterator[tuple[str, Tensor]]:
-    """``(name, full tensor)`` for every parameter of ``module``, gathered where sharded; a tied
-    parameter comes once under each of its names (``model.embed_tokens.weight``, ``lm_head.weight``).
-
-    A yielded tensor is valid until the next one is requested (a gathered ZeRO-3 parameter is
-    released again): copy it before going on. Under FSDP, FSDP2 or ZeRO-3 this is a collective and
-    every rank must run it to the end.
-    """
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    if any(isinstance(m, FSDP) for m in module.modules()):
-        with FSDP.summon_full_params(module, writeback=False, recurse=True):
-            for name, param in module.named_parameters(remove_duplicate=False):
-                if param.numel() == 0:
-                    raise WeightSyncError(
-                        f"parameter {clean_name(name)} is still sharded inside summon_full_params: it belongs to an FSDP "
-                        "unit outside the policy. Wrap the whole policy as an FSDP unit (configs/strategies/fsdp.yaml adds "
-                        "LlamaForCausalLM to the auto-wrap policy)."
-                    )
-                yield clean_name(name), param.detach()
-        return
-    for name, param in module.named_parameters(remove_duplicate=False):
-        if hasattr(param, "ds_id"):  # DeepSpeed ZeRO-3 partitioned parameter
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                yield clean_name(name), param.detach()
-        elif isinstance(param, DTensor):  # FSDP2 (fully_shard) / tensor parallel
-            yield clean_name(name), param.full_tensor().detach()
-        else:
-            yield clean_name(name), param.detach()
 
 
 # ----- the engine -------------------------------------------------------------------------------
@@ -344,7 +314,8 @@ class VLLMEngine(RolloutEngine):
             kwargs["model"] = self.model
         kwargs.update(self.llm_kwargs)
         try:
-            self.llm = vllm.LLM(**kwargs)
+            with preserved_rng():  # LLM(seed=...) seeds the process's global RNGs: the trainer's draws must not change
+                self.llm = vllm.LLM(**kwargs)
         except RuntimeError as err:
             if "torchvision::" not in str(err):
                 raise
@@ -364,6 +335,7 @@ class VLLMEngine(RolloutEngine):
     def _wake(self, tags: list[str]) -> None:
         tags = [t for t in tags if t in self._asleep]
         if tags:
+            free_cached_memory()  # the trainer's cached blocks back to the driver, where vLLM's allocator can take them
             self.llm.wake_up(tags=tags)
             self._asleep.difference_update(tags)
 
