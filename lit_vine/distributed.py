@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
 
@@ -88,6 +89,33 @@ def equal_shards(items: Sequence[Any], batch_size: int, rank: int, world_size: i
     mine = list(items[rank::world_size])
     count = -(-len(items[0::world_size]) // batch_size) if items else 0  # rank 0 has the most
     return [mine[start : start + batch_size] for start in range(0, count * batch_size, batch_size)]
+
+
+def shard(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype | None) -> None:
+    """FSDP2 (``fully_shard``) over ``mesh``: every transformer block (the classes a transformers
+    model names in ``_no_split_modules``) its own unit, then the whole model its own root. The
+    parameters stay sharded in their dtype (fp32 masters), are gathered in ``param_dtype`` for
+    compute, and gradients are reduced in fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    names = {name for m in model.modules() for name in (getattr(m, "_no_split_modules", None) or [])}
+    for block in [m for m in model.modules() if type(m).__name__ in names]:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def all_ranks_mesh(mesh: DeviceMesh) -> DeviceMesh:
+    """A one-dimensional mesh over every rank of ``mesh`` (FSDP over all processes)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return mesh if mesh.ndim == 1 else init_device_mesh(mesh.device_type, (mesh.size(),))
 
 
 @contextlib.contextmanager

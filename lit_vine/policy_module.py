@@ -11,7 +11,8 @@ import torch.distributed as dist
 from lightning import LightningModule
 from torchmetrics import MeanMetric
 
-from lit_vine.devices import keep_rope_in_float32
+from lit_vine.devices import compute_dtype, keep_rope_in_float32
+from lit_vine.distributed import all_ranks_mesh, is_sharded, shard
 from lit_vine.errors import ConfigError, check
 from lit_vine.evaluation import EvalConfig, evaluate
 from lit_vine.faults import fit_prompt
@@ -73,6 +74,25 @@ class PolicyModule(LightningModule):
             self._own_engine = HFEngine()
             self._own_engine.setup(self.policy, self.tokenizer)
         return self._own_engine
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (configs/strategies/fsdp.yaml): shard the trained models
+        with FSDP2 over all processes (:meth:`shard_models`). Any other strategy: nothing."""
+        if self.device_mesh is not None and not is_sharded(self.policy):
+            self.shard_models(all_ranks_mesh(self.device_mesh))
+
+    def trained_models(self) -> list[torch.nn.Module]:
+        return [self.policy]
+
+    def shard_models(self, mesh) -> None:
+        """Each trained model its own FSDP2 root, gathered in the compute dtype with fp32 masters
+        kept sharded. ``*-true`` precision casts the masters themselves, before sharding."""
+        dtype = compute_dtype(self.trainer.precision)
+        cast = str(self.trainer.precision).endswith("-true") and dtype != torch.float32
+        for model in self.trained_models():
+            if cast:
+                model.to(dtype)
+            shard(model, mesh, param_dtype=None if cast else dtype)
 
     # A strategy or precision plugin that cast the module (bf16-true, DeepSpeed) cast the RoPE
     # frequencies with it: they go back to fp32 before anything runs (lit_vine.devices).

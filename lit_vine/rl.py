@@ -13,7 +13,7 @@ from lit_vine.advantages import whiten
 from lit_vine.algorithms import Algorithm, VinePPO, Whitening
 from lit_vine.evaluation import EvalConfig
 from lit_vine.devices import compute_dtype, place_frozen
-from lit_vine.distributed import agreed_max, pooled_sums
+from lit_vine.distributed import agreed_max, pooled_sums, shard
 from lit_vine.experience import Experience, MiniBatch, pad_rows, position_ids
 from lit_vine.packing import pack, packing_works
 from lit_vine.losses import (
@@ -196,6 +196,15 @@ class RLModule(PolicyModule):
         exact = dtype == torch.float32  # where a cached decode and a packed forward equal the loss's forward
         self.sampler_logprobs = self.hparams.reuse_sampler_logprobs and self.algorithm.objective == "ppo" and exact
         self.packing = self.packs and exact
+
+    def trained_models(self) -> list[torch.nn.Module]:
+        return [self.policy] + ([self.critic] if self.critic is not None else [])
+
+    def shard_models(self, mesh) -> None:
+        """The policy, the critic and the frozen reference, each its own FSDP2 root (verl and TRL
+        wrap them so too): a forward of one never runs the others' hooks."""
+        super().shard_models(mesh)
+        shard(self.reference, mesh, param_dtype=None)  # already in the compute dtype (setup)
 
     # ----- experience ---------------------------------------------------------------------------
     def _per_micro_batch(self, fn, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
