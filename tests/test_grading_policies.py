@@ -89,9 +89,9 @@ OPTIONS = [
     ("units", "refuse", boxed("10 square units"), "10", 1.0, 0.0),
     ("decimal_comma", True, boxed("1000,99"), "1000.99", 0.0, 1.0),
     ("decimal_comma", True, boxed("1,000"), "1000", 1.0, 1.0),  # a proper grouping stays thousands
-    ("multiple_choice", "off", boxed("\\text{(C)}"), "C. x = 42", 1.0, 0.0),
-    ("multiple_choice", "off", boxed("42"), "C. x = 42", 0.0, 1.0),  # math-verify reads the option's equation
-    ("multiple_choice", "off", boxed("c"), "C", 0.0, 1.0),  # math-verify folds the case of symbols
+    ("multiple_choice", "math", boxed("\\text{(C)}"), "C. x = 42", 1.0, 0.0),
+    ("multiple_choice", "math", boxed("42"), "C. x = 42", 0.0, 1.0),  # math-verify reads the option's equation
+    ("multiple_choice", "math", boxed("c"), "C", 0.0, 1.0),  # math-verify folds the case of symbols
     ("float_rounding", 2, boxed("0.33"), "\\frac{1}{3}", 0.0, 1.0),
     ("boxes", "last", "$\\boxed{1}, \\boxed{-2}$", "1,-2", 1.0, 0.0),
     ("boxes", "last", "$\\boxed{6}$ and $\\boxed{8}$", "6, 8", 1.0, 0.0),
@@ -241,3 +241,21 @@ def test_paper_presets_keep_the_authors_reading(preset):
         assert GSM8KPolicy(**task["gsm8k_policy"]) == GSM8KPolicy(reading="authors")
     else:
         assert MathPolicy(**task["math_policy"]) == MathPolicy(boxes="last")
+
+
+def shared_rows(relative: str) -> list[dict]:
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / relative
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_gold_solutions_grade_correct_under_the_authors_reading(grader):
+    """What the paper presets read: every GSM8K gold solution and MATH500 gold solution is right."""
+    authors = GSM8KPolicy(reading="authors")
+    for split in ("train", "test"):
+        rows = shared_rows(f"gsm8k/{split}.jsonl")
+        references = [row["answer"].split("####")[-1].strip() for row in rows]  # read here independently
+        assert all(grade_gsm8k(row["answer"], reference, authors) == 1.0 for row, reference in zip(rows, references))
+    rows = shared_rows("math500/test.jsonl")
+    assert grader.grade_many([(row["solution"], row["answer"]) for row in rows], policy=MathPolicy(boxes="last")) == [1.0] * len(rows)

@@ -87,8 +87,8 @@ class MathPolicy:
             thousands separator in a proper grouping (``1,000``) and a list separator otherwise.
         multiple_choice: ``letter``: a reference that is a choice label (``C``, ``(C)``,
             ``\\text{(C)}``, ``C. x = 42``) is matched by the same letter in any of these forms,
-            and by nothing else. ``off``: compared as math (math-verify reads ``\\text{(C)}`` as the
-            symbol ``c``).
+            and by nothing else. ``math``: compared as math (math-verify reads ``\\text{(C)}`` as the
+            symbol ``c`` and ``C. x = 42`` as 42).
         float_rounding: decimal places math-verify rounds floats to before comparing (its default 6).
     """
 
@@ -99,7 +99,7 @@ class MathPolicy:
     percent: Literal["strip", "either"] = "strip"
     units: Literal["strip", "refuse"] = "strip"
     decimal_comma: bool = False
-    multiple_choice: Literal["letter", "off"] = "letter"
+    multiple_choice: Literal["letter", "math"] = "letter"
     float_rounding: int = 6
 
     def __post_init__(self) -> None:
