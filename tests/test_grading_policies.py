@@ -259,3 +259,36 @@ def test_gold_solutions_grade_correct_under_the_authors_reading(grader):
         assert all(grade_gsm8k(row["answer"], reference, authors) == 1.0 for row, reference in zip(rows, references))
     rows = shared_rows("math500/test.jsonl")
     assert grader.grade_many([(row["solution"], row["answer"]) for row in rows], policy=MathPolicy(boxes="last")) == [1.0] * len(rows)
+
+
+@pytest.mark.parametrize(
+    "latex, undone",
+    [
+        ("17\\cdot 23", True), ("2^{10}", True), ("\\sqrt{4}", True), ("5!", True), ("\\frac{1}{2}\\cdot 3", True), ("3+4", True),
+        ("391", False), ("\\frac{10}{4}", False), ("1\\frac12", False), ("2.3\\times 10^{-3}", False), ("10^{-3}", False),
+        ("3\\sqrt{2}", False), ("2\\pi", False), ("x+1", False), ("28\\%", False), ("(1, 2)", False),
+    ],
+)
+def test_undone_arithmetic(latex, undone):
+    from math_verify import parse
+
+    from lit_vine.grading.equivalence import undone_arithmetic
+
+    assert undone_arithmetic(parse(f"${latex}$", parsing_timeout=None)[0]) == undone
+
+
+@pytest.mark.parametrize(
+    "written, extracted, short",
+    [
+        ("1-\\frac{1}{\\mathrm{e}}", "1-\\frac{1}{", True),  # stops inside a brace group, and e is gone
+        ("3\\mathrm{e}^2", "3", True),
+        ("f'(x)", "f(x)", True),
+        ("0.5", "\\frac{1}{2}", False),  # a decimal rewritten as a fraction: digits not compared
+        ("\\frac52", "\\frac{5}{2}", False),
+        ("\\dfrac{1}{3}", "\\frac{1}{3}", False),  # command names are no content
+    ],
+)
+def test_parsed_short(written, extracted, short):
+    from lit_vine.grading.equivalence import parsed_short
+
+    assert parsed_short(written, extracted) == short

@@ -25,7 +25,8 @@ _ARITHMETIC = (sympy.Add, sympy.Mul, sympy.Pow, sympy.factorial)
 
 def content(latex: str, digits: bool = True) -> Counter:
     """The letters and primes (and ``digits``) of a LaTeX string, command names aside, case folded."""
-    return Counter(ch for ch in _COMMAND.sub(" ", latex).lower() if ch.isalpha() or ch == "'" or (digits and ch.isdigit()))
+    text = _COMMAND.sub(" ", latex).lower()
+    return Counter(ch for ch in text if ch.isalpha() or ch == "'" or (digits and ch.isdigit()))
 
 
 def parsed_short(written: str, extracted: str) -> bool:
@@ -38,13 +39,20 @@ def parsed_short(written: str, extracted: str) -> bool:
     as ``f(x)``, ``3\\mathrm{e}^2`` as ``3``); equal short readings say nothing about the answers.
     """
     digits = "." not in written
-    return bool(content(written, digits) - content(extracted, digits)) or extracted.count("{") != extracted.count("}")
+    missing = content(written, digits) - content(extracted, digits)
+    return bool(missing) or extracted.count("{") != extracted.count("}")
+
+
+def _ten_power(node: sympy.Basic) -> bool:
+    return isinstance(node, sympy.Pow) and node.base == 10 and node.exp.is_Integer
 
 
 def _scientific(node: sympy.Basic) -> bool:
     """``10^{k}`` or ``m \\times 10^{k}``: how a number is written, not arithmetic left undone."""
-    ten_power = lambda n: isinstance(n, sympy.Pow) and n.base == 10 and n.exp.is_Integer
-    return ten_power(node) or (isinstance(node, sympy.Mul) and len(node.args) == 2 and any(map(ten_power, node.args)) and any(a.is_Number for a in node.args))
+    if _ten_power(node):
+        return True
+    args = node.args
+    return isinstance(node, sympy.Mul) and len(args) == 2 and any(map(_ten_power, args)) and any(a.is_Number for a in args)
 
 
 def undone_arithmetic(expr: sympy.Basic) -> bool:
