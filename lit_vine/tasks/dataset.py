@@ -18,7 +18,15 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from lit_vine.grading import MathGrader, extract_gsm8k_answer, extract_math_answer, grade_gsm8k, normalize_math_answer
+from lit_vine.grading import (
+    GSM8KPolicy,
+    MathGrader,
+    MathPolicy,
+    extract_gsm8k_answer,
+    extract_math_answer,
+    grade_gsm8k,
+    normalize_math_answer,
+)
 from lit_vine.steps import split_lines, split_math
 from lit_vine.tasks.base import Problem, Split, Task
 from lit_vine.tasks.loading import DataError, Rows, load_split
@@ -62,6 +70,10 @@ class DatasetTask(Task):
         grader: ``gsm8k``, ``math`` or ``package.module:function`` taking ``(response, problem)``
             and returning a float reward; default: the ``answer_format``'s.
         grader_time_limit: seconds per MATH equivalence check (a timeout scores 0).
+        math_policy: how MATH answers are read and compared (``docs/grading.md``); the defaults are
+            the strict choices for rewards. The question informs ``comma_lists="question"``.
+        gsm8k_policy: how GSM8K ``####`` answers are read and compared (``reading: authors`` is
+            the VinePPO authors' string match, kept by the paper presets).
         on_reward_error: when the grader raises, returns NaN or runs past ``reward_time_limit``:
             ``stop`` the run with an error naming the problem, or score the response ``zero``
             (warned and counted) and go on.
@@ -94,6 +106,8 @@ class DatasetTask(Task):
         answer_format: Literal["gsm8k", "math"] = "gsm8k",
         grader: str | None = None,
         grader_time_limit: float = 5.0,
+        math_policy: MathPolicy = MathPolicy(),
+        gsm8k_policy: GSM8KPolicy = GSM8KPolicy(),
         on_reward_error: Literal["stop", "zero"] = "stop",
         reward_time_limit: float | None = 30.0,
         step_splitter: str | None = None,
@@ -122,7 +136,8 @@ class DatasetTask(Task):
             raise ValueError(f"DatasetTask: reward_time_limit must be > 0 or null, got {reward_time_limit}")
         self.on_reward_error = on_reward_error
         self.reward_time_limit = reward_time_limit if self._grader is not None else None
-        self._math_grader = MathGrader(grader_time_limit)
+        self.math_policy, self.gsm8k_policy = math_policy, gsm8k_policy
+        self._math_grader = MathGrader(grader_time_limit, policy=math_policy)
         splitter = step_splitter or DEFAULT_SPLITTER[answer_format]
         self._split_steps = SPLITTERS.get(splitter) or import_callable(splitter, "step_splitter")
         self.prompt_format = prompt
@@ -186,8 +201,8 @@ class DatasetTask(Task):
 
     def _answer_from_solution(self, solution: str) -> str | None:
         if self.answer_format == "gsm8k":
-            return extract_gsm8k_answer(solution)
-        return extract_math_answer(solution)
+            return extract_gsm8k_answer(solution, self.gsm8k_policy)
+        return extract_math_answer(solution, self.math_policy.boxes)
 
     # ----- prompts ---------------------------------------------------------------------------
     def prompt(self, problem: Problem) -> str:
@@ -237,12 +252,12 @@ class DatasetTask(Task):
         if self._grader is not None:
             return float(self._grader(response, problem))
         if self.grader_name == "math":
-            return self._math_grader(response, problem.answer)
-        return grade_gsm8k(response, problem.answer)
+            return self._math_grader(response, problem.answer, problem.question)
+        return grade_gsm8k(response, problem.answer, self.gsm8k_policy)
 
     def rewards(self, responses: Sequence[str], problems: Sequence[Problem]) -> list[float]:
         if self._grader is None and self.grader_name == "math":  # one batched call to the worker pool
-            return self._math_grader.grade_many([(text, p.answer) for text, p in zip(responses, problems)])
+            return self._math_grader.grade_many([(text, p.answer) for text, p in zip(responses, problems)], [p.question for p in problems])
         return super().rewards(responses, problems)
 
     @property
@@ -252,8 +267,8 @@ class DatasetTask(Task):
 
     def extract_answer(self, response: str) -> str | None:
         if self.answer_format == "gsm8k":
-            return extract_gsm8k_answer(response)
-        answer = extract_math_answer(response)
+            return extract_gsm8k_answer(response, self.gsm8k_policy)
+        answer = extract_math_answer(response, self.math_policy.boxes)
         return None if answer is None else normalize_math_answer(answer)
 
     def split_steps(self, response: str) -> list[str]:
