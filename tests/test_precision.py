@@ -37,6 +37,7 @@ def dtypes(model: torch.nn.Module) -> set[torch.dtype]:
 
 
 def fit(module: RLModule, precision: str = "bf16-mixed", iterations: int = 1, prompts: int = 8) -> Trainer:
+    """One short run, nothing written (no logger, checkpoint or validation)."""
     torch.manual_seed(0)
     data = TaskDataModule(ArithmeticTask(num_train=64, num_validation=4, num_test=4), prompts_per_iteration=prompts)
     trainer = Trainer(max_epochs=iterations, accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,

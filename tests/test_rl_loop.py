@@ -269,7 +269,7 @@ def test_validation_samples_from_the_iterations_new_weights(tmp_path):
     module = RLModule(policy=SFT, algorithm=GRPO(), responses_per_prompt=2, max_new_tokens=16, mini_batch_size=8, micro_batch_size=8,
                       ppo_epochs=1, evaluation=EvalConfig(num_samples=0))
     trainer = Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0, check_val_every_n_epoch=1,
+                      enable_model_summary=False, num_sanity_val_steps=0, check_val_every_n_epoch=1, default_root_dir=tmp_path,
                       callbacks=[RolloutCallback(RecordingEngine()), Recorder()])
     trainer.fit(module, TaskDataModule(ArithmeticTask(num_train=16, num_validation=2, num_test=2), prompts_per_iteration=4))
     validations = [i for i, e in enumerate(events) if e == "validation"]
