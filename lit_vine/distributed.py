@@ -13,6 +13,7 @@ helper is the identity.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -89,6 +90,20 @@ def equal_shards(items: Sequence[Any], batch_size: int, rank: int, world_size: i
     mine = list(items[rank::world_size])
     count = -(-len(items[0::world_size]) // batch_size) if items else 0  # rank 0 has the most
     return [mine[start : start + batch_size] for start in range(0, count * batch_size, batch_size)]
+
+
+def torchrun_environment() -> dict[str, str]:
+    """The variables torchrun sets for each process, for code written for it: vLLM's
+    ``external_launcher`` reads ``RANK`` and ``LOCAL_RANK``, which Lightning's own launcher and
+    SLURM do not set (``MASTER_ADDR``/``MASTER_PORT`` they do, to start the process group)."""
+    rank, world_size = rank_and_world_size()
+    local = os.environ.get("LOCAL_RANK") or os.environ.get("SLURM_LOCALID")
+    if local is None:
+        local = str(torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing and world_size > 1:
+        raise RuntimeError(f"{' and '.join(missing)} not set: start the processes with Lightning, SLURM or torchrun")
+    return {"RANK": str(rank), "LOCAL_RANK": local, "WORLD_SIZE": str(world_size)}
 
 
 def shard(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype | None) -> None:

@@ -209,3 +209,64 @@ def test_rl_loop_under_ddp_on_two_cpu_processes(tmp_path):
         assert len(ids) == count and len(set(ids)) == count, f"{name}: {ids}"
     report = json.loads((tmp_path / "ddp" / "version_0" / "test_report.json").read_text())
     assert report["iterations"] == ITERATIONS
+
+
+# ----- every rank on the same path ---------------------------------------------------------------
+SAME_PATH = {
+    "RestEM": {"class_path": "lit_vine.RestEM"},
+    "DPOPlus": {"class_path": "lit_vine.DPOPlus"},
+    "SPOTree": {"class_path": "lit_vine.SPOTree", "init_args": {"branching": [2, 2], "segment_tokens": 8}},
+    "VCPPO": {"class_path": "lit_vine.VCPPO", "init_args": {"value_pretrain_iterations": 1, "value_pretrain_patience": 1}},
+    "VinePPO": {"class_path": "lit_vine.VinePPO", "init_args": {"num_mc_rollouts": 2}},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(SAME_PATH))
+def test_ddp_ranks_take_the_same_path_when_one_rank_gets_every_answer_right(tmp_path, method):
+    """Rank 1 grades every response right, rank 0 grades as the task does: RestEM keeps every
+    response on one rank and few on the other, DPO+ has pairs on one rank only, SPO-tree's trees
+    have edges on one rank only, VC-PPO's critic explains different variances, VinePPO's blame
+    statistics exist on one rank only. Every rank must still run as many forwards, backwards and
+    collectives (else the run hangs: the timeout fails it), log the same keys, take the same
+    decisions and end with the same weights."""
+    from multiprocess import launch, load_records, run_config
+
+    out = tmp_path / "records"
+    strategy = "ddp_find_unused_parameters_true" if method == "VCPPO" else "ddp"  # as configs/strategies/ddp.yaml: a critic's backward leaves the policy out
+    config = run_config(tmp_path, "same_path", algorithm=SAME_PATH[method], strategy=strategy, iterations=2,
+                        callbacks=[{"class_path": "multiprocess.AllRightOnOneRank"}, {"class_path": "multiprocess.Recorder", "init_args": {"out_dir": str(out)}}])
+    launch(config, timeout=300)
+    ranks = load_records(out)
+    assert ranks[0]["iterations"] == ranks[1]["iterations"], "ranks differ in steps, updates or logged keys"
+    assert ranks[0]["value_pretraining"] == ranks[1]["value_pretraining"]
+    for name, tensor in ranks[0]["weights"].items():
+        assert torch.equal(tensor, ranks[1]["weights"][name]), f"ranks disagree on {name}"
+    assert ranks[0]["iterations"][-1]["policy_updates"] > 0 or method == "VCPPO"
+    if method == "VinePPO":
+        assert "blame/accuracy" in ranks[0]["metrics"]  # from rank 0's failed responses only, logged by both
+
+
+@pytest.mark.slow
+def test_a_mid_iteration_checkpoint_resumes_every_rank_exactly(tmp_path):
+    """SIGTERM on both processes inside iteration 1 writes a checkpoint holding each rank's
+    experience and RNG; resuming it ends where an uninterrupted run ends, to the last bit."""
+    from multiprocess import launch, load_records, run_config
+
+    algorithm = {"class_path": "lit_vine.GRPO"}
+    checkpoint = {"class_path": "lit_vine.checkpointing.RunCheckpoint", "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True, "export_hf": False}}
+    interrupt = {"class_path": "lit_vine.faults.CheckpointOnInterrupt"}
+    record = lambda name: {"class_path": "multiprocess.Recorder", "init_args": {"out_dir": str(tmp_path / name)}}  # noqa: E731
+    launch(run_config(tmp_path, "straight", algorithm=algorithm, iterations=2, callbacks=[record("straight")]))
+    stop = {"class_path": "multiprocess.StopInsideIteration", "init_args": {"iteration": 1, "batch": 0}}  # of 2: 2 PPO epochs of 1
+    launch(run_config(tmp_path, "stopped", algorithm=algorithm, iterations=2, callbacks=[checkpoint, interrupt, stop]), returncode=143)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["lit_vine_rollouts"]["in_iteration"]
+    assert saved["mini_batches_done"] == 1 and len(saved["ranks"]) == 2
+    assert not torch.equal(saved["ranks"][0]["experience"]["input_ids"], saved["ranks"][1]["experience"]["input_ids"])
+    launch(run_config(tmp_path, "resumed", algorithm=algorithm, iterations=2, callbacks=[checkpoint, interrupt, record("resumed")]),
+           "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"))
+    straight, resumed = load_records(tmp_path / "straight"), load_records(tmp_path / "resumed")
+    for name, tensor in straight[0]["weights"].items():
+        torch.testing.assert_close(resumed[0]["weights"][name], tensor, rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(resumed[1]["weights"][name], tensor, rtol=0, atol=0, msg=name)
+    assert resumed[0]["metrics"] == straight[0]["metrics"]

@@ -4,8 +4,8 @@ trained models are the only ones with optimizer state (the reference never has a
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
+import shlex
 from pathlib import Path
 
 import pytest
@@ -15,51 +15,63 @@ ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = {
     "ddp": ("lightning.pytorch.strategies.DDPStrategy", {"find_unused_parameters": True}),
-    "fsdp": (
-        "lightning.pytorch.strategies.FSDPStrategy",
-        {
-            "sharding_strategy": "FULL_SHARD",
-            "auto_wrap_policy": [
-                "transformers.models.llama.modeling_llama.LlamaDecoderLayer",
-                "transformers.models.llama.modeling_llama.LlamaForCausalLM",
-            ],
-        },
-    ),
+    "fsdp": ("lightning.pytorch.strategies.ModelParallelStrategy", {}),
     "deepspeed_zero2": ("lightning.pytorch.strategies.DeepSpeedStrategy", {"stage": 2}),
     "deepspeed_zero3": ("lightning.pytorch.strategies.DeepSpeedStrategy", {"stage": 3}),
 }
+RUNS = ["quickstart", "gsm8k_rho1b_vineppo", "gsm8k_rho1b_ppo", "gsm8k_deepseek7b_vineppo"]
 
 
-def _resolve(path: str):
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+def parsed(args: list[str], monkeypatch) -> dict:
+    """The whole configuration ``lit-vine <args>`` would run, as LightningCLI resolves it."""
+    from lit_vine.cli import LitVineCLI, canonical_algorithm_flag
 
-
-@pytest.mark.parametrize("preset", sorted(EXPECTED))
-def test_strategy_preset_resolves_with_quickstart(preset, monkeypatch):
-    from lit_vine.cli import LitVineCLI
-
-    preset_file = ROOT / "configs" / "strategies" / f"{preset}.yaml"
-    assert set(yaml.safe_load(preset_file.read_text())) == {"trainer"}, "a preset only sets trainer options"
     monkeypatch.chdir(ROOT)
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
-        LitVineCLI(args=["fit", "--config", "configs/quickstart.yaml", "--config", str(preset_file), "--print_config"])
-    assert exit_info.value.code in (0, None)
-    config = yaml.safe_load(out.getvalue())
+        LitVineCLI(args=canonical_algorithm_flag(args) + ["--print_config"])
+    assert exit_info.value.code in (0, None), args
+    return yaml.safe_load(out.getvalue())
+
+
+@pytest.mark.parametrize("run", RUNS)
+@pytest.mark.parametrize("preset", sorted(EXPECTED))
+def test_strategy_preset_composes_with_the_run_presets(preset, run, monkeypatch):
+    preset_file = ROOT / "configs" / "strategies" / f"{preset}.yaml"
+    assert set(yaml.safe_load(preset_file.read_text())) == {"trainer"}, "a preset only sets trainer options"
+    config = parsed(["fit", "--config", f"configs/{run}.yaml", "--config", str(preset_file)], monkeypatch)
     trainer = config["trainer"]
     class_path, init_args = EXPECTED[preset]
     assert trainer["strategy"]["class_path"] == class_path
     for key, value in init_args.items():
-        got = trainer["strategy"]["init_args"][key]
-        if key == "auto_wrap_policy":  # a set of classes: compare the classes, in any order and spelling
-            got, value = {_resolve(name) for name in got}, {_resolve(name) for name in value}
-        assert got == value, key
+        assert trainer["strategy"]["init_args"][key] == value, key
     assert trainer["precision"] == "bf16-mixed" and trainer["accelerator"] == "gpu"
-    # The run config still applies: model, data and the rest of the trainer come from quickstart.
-    assert config["model"]["class_path"] == "lit_vine.RLModule"
-    # the run's own settings survive the strategy overlay
-    assert trainer["max_epochs"] == yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())["trainer"]["max_epochs"]
+    # The run config still applies: model, data and the rest of the trainer come from the run.
+    run_config = yaml.safe_load((ROOT / "configs" / f"{run}.yaml").read_text())
+    assert config["model"]["class_path"] == run_config["model"]["class_path"]
+    assert trainer["max_epochs"] == run_config["trainer"]["max_epochs"]
+
+
+def commands_in_comments(path: Path) -> list[list[str]]:
+    """The ``lit-vine fit ...`` commands a preset's comments give (continued lines joined); a
+    comment line of flags only ("On CPU ... : --trainer.x y") is appended to the first command."""
+    lines, commands, flags = path.read_text().splitlines(), [], []
+    text = "\n".join(line[1:].strip() for line in lines if line.startswith("#"))
+    for command in text.replace("\\\n", " ").splitlines():
+        if command.startswith("lit-vine "):
+            commands.append(shlex.split(command)[1:])
+        elif ": --" in command:
+            flags.append(shlex.split(command.split(": ", 1)[1]))
+    return commands + [commands[0] + f for f in flags]
+
+
+@pytest.mark.parametrize("preset", sorted(EXPECTED))
+def test_the_commands_a_preset_names_parse(preset, monkeypatch):
+    commands = commands_in_comments(ROOT / "configs" / "strategies" / f"{preset}.yaml")
+    assert commands, "a preset says how to use it"
+    for args in commands:
+        config = parsed(args, monkeypatch)
+        assert config["trainer"]["strategy"]["class_path"] == EXPECTED[preset][0], args
 
 
 @pytest.mark.parametrize("algorithm", ["VinePPO", "PPO"])

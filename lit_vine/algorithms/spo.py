@@ -117,7 +117,7 @@ class SPOTree(Algorithm):
         frontier = roots
         for depth, width in enumerate(self.branching):
             last = depth == len(self.branching) - 1
-            room = params.max_new_tokens - depth * self.segment_tokens  # every frontier node holds depth * M tokens
+            room = max(1, params.max_new_tokens - depth * self.segment_tokens)  # every frontier node holds depth * M tokens
             step = params.with_(n=width, max_new_tokens=room if last else min(room, self.segment_tokens))
             sampled = ctx.engine.generate([prompts[node.problem] + node.response for node in frontier], step, seed=seed + depth)
             grown = []
@@ -127,9 +127,9 @@ class SPOTree(Algorithm):
                     child.leaf = last or not segment or segment[-1] == eos or len(child.response) >= params.max_new_tokens
                     node.children.append(child)
                     grown.append(child)
+            # An empty frontier still calls the engine at the next depths: under FSDP or a
+            # tensor-parallel engine each call is a collective, and other ranks may still be growing.
             frontier = [node for node in grown if not node.leaf]
-            if not frontier:
-                break
         leaves = [node for root in roots for node in root.walk() if not node.children]
         rewards = ctx.task.score_many([(node.response, problems[node.problem]) for node in leaves], ctx.tokenizer)
         for node, (_, reward) in zip(leaves, rewards):
@@ -149,6 +149,9 @@ class SPOTree(Algorithm):
             for parent, child in edges:
                 episodes.append(Episode(root.problem, prompts[root.problem] + parent.response, child.segment, child.value))
                 advantages.append(child.value - parent.value)
+        if not episodes:  # every tree all right or all wrong: one edge of advantage 0 keeps the batch (and the ranks' steps) whole
+            child = roots[0].children[0]
+            episodes, advantages = [Episode(roots[0].problem, prompts[roots[0].problem], child.segment, child.value)], [0.0]
         self._advantages = advantages
         if ctx.task.checks_steps:  # step blame over whole responses: the root-to-leaf paths
             ctx.stats.update(self.path_blame(roots, problems, ctx))

@@ -59,7 +59,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_vine.devices import free_cached_memory
-from lit_vine.distributed import iter_full_parameters
+from lit_vine.distributed import iter_full_parameters, torchrun_environment
 from lit_vine.rollout.engine import RolloutEngine, SamplingParams, seeded
 
 SYNC_TIMEOUT_EXIT_CODE = 124
@@ -298,6 +298,7 @@ class VLLMEngine(RolloutEngine):
             if world_size % self.tensor_parallel_size:
                 raise ValueError(f"VLLMEngine.tensor_parallel_size ({self.tensor_parallel_size}) must divide the number of processes ({world_size})")
             kwargs["distributed_executor_backend"] = "external_launcher"
+            os.environ.update(torchrun_environment())  # what external_launcher reads; Lightning's launcher and SLURM set no RANK
             if self.tensor_parallel_size > 1:
                 rank, tp = dist.get_rank(), self.tensor_parallel_size
                 for start in range(0, world_size, tp):  # every rank creates every group, in order
