@@ -50,8 +50,10 @@ def run_config(tmp_path: Path, name: str, *, algorithm: dict, strategy: Any = "d
 def launch(config: Path, *args: str, timeout: float = 420, env: dict[str, str] | None = None, returncode: int = 0) -> subprocess.CompletedProcess:
     """``lit-vine fit --config configs/quickstart.yaml --config <config> <args>`` on two processes;
     its exit status must be ``returncode`` (143: stopped by SIGTERM, checkpoint written)."""
-    environment = {**os.environ, **(env or {})}
-    environment["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), environment.get("PYTHONPATH", "")])
+    env = dict(env or {})
+    first = env.pop("PYTHONPATH", None)  # e.g. a stand-in package that must shadow the real one
+    environment = {**os.environ, **env}
+    environment["PYTHONPATH"] = os.pathsep.join(p for p in [first, str(ROOT / "tests"), environment.get("PYTHONPATH", "")] if p)
     environment["OMP_NUM_THREADS"] = "1"  # two processes on two cores: more threads make torch ~10x slower
     environment.pop("LOCAL_RANK", None)
     command = [sys.executable, "-m", "lit_vine", "fit", "--config", "configs/quickstart.yaml", "--config", str(config), *args]

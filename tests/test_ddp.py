@@ -270,3 +270,43 @@ def test_a_mid_iteration_checkpoint_resumes_every_rank_exactly(tmp_path):
         torch.testing.assert_close(resumed[0]["weights"][name], tensor, rtol=0, atol=0, msg=name)
         torch.testing.assert_close(resumed[1]["weights"][name], tensor, rtol=0, atol=0, msg=name)
     assert resumed[0]["metrics"] == straight[0]["metrics"]
+
+
+# ----- vLLM across processes (a stand-in vllm: tests/stand_ins/vllm) -----------------------------
+@pytest.mark.slow
+def test_ddp_vllm_engines_get_rank_variables_and_tensor_parallel_evaluation_cannot_hang(tmp_path):
+    """Lightning's launcher sets no ``RANK``, which vLLM's external_launcher reads; and a
+    tensor-parallel engine gathers its group's prompts at every call, so ranks with uneven
+    evaluation shards (5 validation problems on 2 ranks, batches of 2) must still call it as often."""
+    import json
+
+    from multiprocess import launch, run_config
+
+    engine = {"class_path": "lit_vine.rollout.vllm.VLLMEngine", "init_args": {"dtype": "float32", "tensor_parallel_size": 2}}
+    config = run_config(tmp_path, "vllm_ranks", algorithm={"class_path": "lit_vine.GRPO"}, iterations=1,
+                        trainer={"callbacks": [{"class_path": "lit_vine.RolloutCallback", "init_args": {"engine": engine}},
+                                               {"class_path": "lit_vine.callbacks.TestReport"}]})
+    stand_in = str(ROOT / "tests" / "stand_ins")
+    launch(config, timeout=300, env={"STAND_IN_OUT": str(tmp_path), "PYTHONPATH": stand_in})
+    records = [json.loads((tmp_path / f"llm_rank{r}.json").read_text()) for r in range(2)]
+    for rank, record in enumerate(records):
+        assert (record["RANK"], record["LOCAL_RANK"], record["WORLD_SIZE"]) == (str(rank), str(rank), "2")
+        assert record["MASTER_ADDR"] and record["MASTER_PORT"]
+        assert record["backend"] == "external_launcher" and record["tensor_parallel_size"] == 2
+    report = json.loads((tmp_path / "vllm_ranks" / "version_0" / "test_report.json").read_text())
+    assert report["iterations"] == 1
+
+
+def test_torchrun_variables_under_slurm(monkeypatch):
+    """Under SLURM a process's local rank is ``SLURM_LOCALID``; ``RANK`` comes from the process group."""
+    from lit_vine import distributed
+
+    monkeypatch.setattr(distributed, "rank_and_world_size", lambda: (5, 8))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("MASTER_ADDR", "node-0")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    assert distributed.torchrun_environment() == {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8"}
+    monkeypatch.delenv("MASTER_PORT")
+    with pytest.raises(RuntimeError, match="MASTER_PORT not set"):
+        distributed.torchrun_environment()

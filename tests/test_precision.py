@@ -125,3 +125,43 @@ def test_bf16_true_keeps_experience_and_rope_in_fp32(monkeypatch):
     fit(module, "bf16-true")
     assert dtypes(module.policy) == {torch.bfloat16}
     assert seen and all(set(dtypes.values()) == {torch.float32} for dtypes in seen), seen
+
+
+@pytest.mark.parametrize("precision", ["deepspeed-bf16-mixed", "bf16-true"])
+def test_deepspeed_and_bf16_true_input_casts_leave_a_mini_batch_alone(precision):
+    """DeepSpeed's and bf16-true's precision plugins cast every float tensor of a batch to bf16
+    before the training step. Handed an ``Experience`` bare, a 301-token response would count 300
+    tokens and its log-probs would lose all but 8 bits; the stream's ``MiniBatch`` passes unchanged."""
+    from lightning.pytorch.plugins.precision import DeepSpeedPrecision, HalfPrecision
+
+    from lit_vine.experience import Experience, MiniBatch, pad_batch
+
+    plugin = DeepSpeedPrecision("bf16-mixed") if precision.startswith("deepspeed") else HalfPrecision("bf16-true")
+    input_ids, attention_mask, response_mask = pad_batch([[1, 2, 3]], [list(range(4, 305))], 0)
+    logprobs = -torch.rand(1, 301, generator=torch.Generator().manual_seed(0))
+    experience = Experience(input_ids, attention_mask, response_mask, logprobs, logprobs - 1e-3, logprobs * 3, logprobs, logprobs)
+    bare = plugin.convert_input(experience)  # what happened before: the hazard is real
+    assert bare.old_logprobs.dtype == torch.bfloat16 and float(bare.response_mask.sum(-1)) == 300.0
+    kept = plugin.convert_input(MiniBatch(experience)).experience
+    for name in ("old_logprobs", "ref_logprobs", "advantages", "response_mask"):
+        assert getattr(kept, name).dtype == torch.float32 and torch.equal(getattr(kept, name), getattr(experience, name)), name
+    assert int(kept.response_mask.sum(-1)) == 301
+
+
+def test_rope_frequencies_are_fp32_again_after_a_cast_to_bf16():
+    """A strategy that casts the whole model (bf16-true, DeepSpeed) casts RoPE's ``inv_freq`` too:
+    8 bits of frequency put the rotation at position 2,000 off by up to a radian. They are
+    recomputed in fp32 (``lit_vine.devices.keep_rope_in_float32``)."""
+    from lit_vine.devices import keep_rope_in_float32
+
+    model = AutoModelForCausalLM.from_pretrained(SFT)
+    rotary = model.model.rotary_emb
+    positions = torch.arange(1990, 2010)[None]
+    x = torch.zeros(1, 20, 8, dtype=torch.bfloat16)
+    true_cos, _ = rotary(x.float(), positions)
+    model.to(torch.bfloat16)
+    cast_cos, _ = rotary(x, positions)
+    assert (cast_cos.float() - true_cos).abs().max() > 0.2, "the cast did not hurt: the check would be vacuous"
+    assert keep_rope_in_float32(model) == 1 and rotary.inv_freq.dtype == torch.float32
+    fixed_cos, _ = rotary(x, positions)
+    assert (fixed_cos.float() - true_cos).abs().max() < 1e-2  # bf16's rounding of cos itself, no more
