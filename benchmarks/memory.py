@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -62,6 +63,11 @@ print(json.dumps({"params": params, "baseline_gib": baseline, "phases_gib": phas
 '''
 
 
+def cpu_name() -> str:
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.machine())
+
+
 def run(size: int, precision: str) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         out = subprocess.run([sys.executable, "-c", CHILD, folder, json.dumps(SHAPES[size]), precision], cwd=REPO, capture_output=True, text=True, check=True)
@@ -84,7 +90,7 @@ def main() -> None:
             print(f"{r['params'] / 1e6:.0f}M {precision}: reference {r['reference_dtype']}, peak per phase (GiB) "
                   f"{ {k: round(v, 2) for k, v in r['phases_gib'].items()} }, baseline {r['baseline_gib']:.2f}, "
                   f"training peak over baseline {r['bytes_per_param_at_training_peak']:.1f} B/param", flush=True)
-    machine = f"{platform.machine()} {platform.processor() or ''}, {platform.system()}; torch {__import__('torch').__version__}"
+    machine = f"{cpu_name()} ({os.cpu_count()} cores), {platform.system()}; torch {__import__('torch').__version__}"
     (HERE / "memory").mkdir(exist_ok=True)
     (HERE / "memory" / "results.json").write_text(json.dumps({"machine": machine, "command": " ".join(sys.argv), "runs": results}, indent=1))
     lines = ["# Peak memory per phase, measured", "", f"`python benchmarks/memory.py` on {machine} (peak resident set of the process).", "",
