@@ -230,12 +230,12 @@ def test_ddp_ranks_take_the_same_path_when_one_rank_gets_every_answer_right(tmp_
     statistics exist on one rank only. Every rank must still run as many forwards, backwards and
     collectives (else the run hangs: the timeout fails it), log the same keys, take the same
     decisions and end with the same weights."""
-    from multiprocess import launch, load_records, run_config
+    from two_processes import launch, load_records, run_config
 
     out = tmp_path / "records"
     strategy = "ddp_find_unused_parameters_true" if method == "VCPPO" else "ddp"  # as configs/strategies/ddp.yaml: a critic's backward leaves the policy out
     config = run_config(tmp_path, "same_path", algorithm=SAME_PATH[method], strategy=strategy, iterations=2,
-                        callbacks=[{"class_path": "multiprocess.AllRightOnOneRank"}, {"class_path": "multiprocess.Recorder", "init_args": {"out_dir": str(out)}}])
+                        callbacks=[{"class_path": "two_processes.AllRightOnOneRank"}, {"class_path": "two_processes.Recorder", "init_args": {"out_dir": str(out)}}])
     launch(config, timeout=300)
     ranks = load_records(out)
     assert ranks[0]["iterations"] == ranks[1]["iterations"], "ranks differ in steps, updates or logged keys"
@@ -251,14 +251,14 @@ def test_ddp_ranks_take_the_same_path_when_one_rank_gets_every_answer_right(tmp_
 def test_a_mid_iteration_checkpoint_resumes_every_rank_exactly(tmp_path):
     """SIGTERM on both processes inside iteration 1 writes a checkpoint holding each rank's
     experience and RNG; resuming it ends where an uninterrupted run ends, to the last bit."""
-    from multiprocess import launch, load_records, run_config
+    from two_processes import launch, load_records, run_config
 
     algorithm = {"class_path": "lit_vine.GRPO"}
     checkpoint = {"class_path": "lit_vine.checkpointing.RunCheckpoint", "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True, "export_hf": False}}
     interrupt = {"class_path": "lit_vine.faults.CheckpointOnInterrupt"}
-    record = lambda name: {"class_path": "multiprocess.Recorder", "init_args": {"out_dir": str(tmp_path / name)}}  # noqa: E731
+    record = lambda name: {"class_path": "two_processes.Recorder", "init_args": {"out_dir": str(tmp_path / name)}}  # noqa: E731
     launch(run_config(tmp_path, "straight", algorithm=algorithm, iterations=2, callbacks=[record("straight")]))
-    stop = {"class_path": "multiprocess.StopInsideIteration", "init_args": {"iteration": 1, "batch": 0}}  # of 2: 2 PPO epochs of 1
+    stop = {"class_path": "two_processes.StopInsideIteration", "init_args": {"iteration": 1, "batch": 0}}  # of 2: 2 PPO epochs of 1
     launch(run_config(tmp_path, "stopped", algorithm=algorithm, iterations=2, callbacks=[checkpoint, interrupt, stop]), returncode=143)
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["lit_vine_rollouts"]["in_iteration"]
     assert saved["mini_batches_done"] == 1 and len(saved["ranks"]) == 2
@@ -280,10 +280,11 @@ def test_ddp_vllm_engines_get_rank_variables_and_tensor_parallel_evaluation_cann
     evaluation shards (5 validation problems on 2 ranks, batches of 2) must still call it as often."""
     import json
 
-    from multiprocess import launch, run_config
+    from two_processes import launch, run_config
 
     engine = {"class_path": "lit_vine.rollout.vllm.VLLMEngine", "init_args": {"dtype": "float32", "tensor_parallel_size": 2}}
     config = run_config(tmp_path, "vllm_ranks", algorithm={"class_path": "lit_vine.GRPO"}, iterations=1,
+                        model={"max_new_tokens": 16, "evaluation": {"num_samples": 0, "greedy": True}},  # the stand-in decodes one request at a time
                         trainer={"callbacks": [{"class_path": "lit_vine.RolloutCallback", "init_args": {"engine": engine}},
                                                {"class_path": "lit_vine.callbacks.TestReport"}]})
     stand_in = str(ROOT / "tests" / "stand_ins")

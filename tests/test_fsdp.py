@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from multiprocess import launch, load_records, run_config
+from two_processes import launch, load_records, run_config
 
 FSDP = {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"}
 ALGORITHMS = {
@@ -23,7 +23,7 @@ ALGORITHMS = {
 
 
 def recorder(out) -> dict:
-    return {"class_path": "multiprocess.Recorder", "init_args": {"out_dir": str(out)}}
+    return {"class_path": "two_processes.Recorder", "init_args": {"out_dir": str(out)}}
 
 
 @pytest.mark.slow
