@@ -295,14 +295,20 @@ def test_fake_engine_sync_errors_are_weight_sync_errors(fake_vllm, policy):
         engine.sync_weights(model)
 
 
-def test_fake_engine_sleep_mode_sequence(fake_vllm, policy, monkeypatch):
-    monkeypatch.setattr(vllm_engine, "sleep_mode_available", lambda: True)  # as on a GPU
+def _built_with_sleep_mode(policy, monkeypatch):
+    """A (fake) vLLM engine with sleep mode, as on a GPU, built by a first call."""
+    monkeypatch.setattr(vllm_engine, "sleep_mode_available", lambda: True)
     model, tokenizer = policy
     engine = VLLMEngine(dtype="float32", enable_sleep_mode=True)
     engine.setup(model, tokenizer)
+    engine.generate(_prompts(tokenizer, 1), SamplingParams(temperature=0.0, max_new_tokens=2), seed=0)
+    return engine, FakeLLM.instances[0]
+
+
+def test_fake_engine_sleep_mode_sequence(fake_vllm, policy, monkeypatch):
+    engine, llm = _built_with_sleep_mode(policy, monkeypatch)
+    model, tokenizer = policy
     greedy = SamplingParams(temperature=0.0, max_new_tokens=2)
-    engine.generate(_prompts(tokenizer, 1), greedy, seed=0)
-    llm = FakeLLM.instances[0]
     assert llm.kwargs["enable_sleep_mode"] is True
     llm.calls.clear()
     engine.sleep()  # training starts
@@ -328,13 +334,8 @@ def test_building_the_engine_leaves_the_trainers_random_draws_alone(fake_vllm, p
 
 
 def test_the_trainers_cached_memory_is_freed_before_vllm_wakes_up(fake_vllm, policy, monkeypatch):
-    monkeypatch.setattr(vllm_engine, "sleep_mode_available", lambda: True)  # as on a GPU
-    model, tokenizer = policy
-    engine = VLLMEngine(dtype="float32", enable_sleep_mode=True)
-    engine.setup(model, tokenizer)
-    greedy = SamplingParams(temperature=0.0, max_new_tokens=2)
-    engine.generate(_prompts(tokenizer, 1), greedy, seed=0)
-    llm = FakeLLM.instances[0]
+    engine, llm = _built_with_sleep_mode(policy, monkeypatch)
+    model, _ = policy
     monkeypatch.setattr(vllm_engine, "free_cached_memory", lambda: llm.calls.append("free_cached_memory"))
     llm.calls.clear()
     engine.sleep()
