@@ -81,13 +81,21 @@ def command(method: str, seed: int, lr: float | None, iterations: int, run: str,
 
 
 def run_one(cmd: list[str], log_dir: Path, jobs: int) -> None:
-    if (log_dir / "done").exists():
+    """Runs one training command unless it already finished or crashed; a crash is recorded in
+    ``<log_dir>/crashed`` (with the last line of its error) and does not stop the other runs."""
+    if (log_dir / "done").exists() or (log_dir / "crashed").exists():
         return
     print(f"[study] {' '.join(cmd)}", flush=True)
     start = time.time()
     # Several runs share the machine: one thread each avoids oversubscribing the cores.
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
-    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env=env)
+    result = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    if result.returncode != 0:
+        error = next((line for line in reversed(result.stderr.splitlines()) if line.strip()), f"exit status {result.returncode}")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / "crashed").write_text(error + "\n")
+        print(f"[study] {log_dir.parent.name}/{log_dir.name} crashed after {time.time() - start:.0f} s: {error}", flush=True)
+        return
     (log_dir / "done").write_text(f"{time.time() - start:.1f}\n")
     print(f"[study] {log_dir.parent.name}/{log_dir.name} done in {time.time() - start:.0f} s", flush=True)
 
@@ -171,7 +179,8 @@ def sweep(args: argparse.Namespace) -> dict[str, dict]:
     for m in args.methods:
         finals = {lr: scalars(dirs[m, lr]).get(METRIC, [(0, 0, float("nan"))])[-1][2] for lr in args.sweep_lrs if (dirs[m, lr] / "done").exists()}
         best = max(sorted(finals), key=lambda lr: (finals[lr], -lr)) if finals else None
-        result[m] = {"final_pass@1": finals, "chosen": best}
+        crashed = [lr for lr in args.sweep_lrs if (dirs[m, lr] / "crashed").exists()]  # never chosen
+        result[m] = {"final_pass@1": finals, "chosen": best, "crashed": crashed}
     return result
 
 
@@ -260,11 +269,15 @@ def report(args: argparse.Namespace, chosen: dict[str, dict]) -> None:
             "| method | " + " | ".join(f"lr {lr:g}" for lr in args.sweep_lrs) + " |\n|---|" + "---|" * len(args.sweep_lrs) + "\n"
             + "\n".join(
                 f"| {m} | " + " | ".join(
-                    (f"**{pct(v['final_pass@1'][lr])}**" if lr == v["chosen"] else pct(v["final_pass@1"][lr])) if lr in v["final_pass@1"] else "–"
+                    (f"**{pct(v['final_pass@1'][lr])}**" if lr == v["chosen"] else pct(v["final_pass@1"][lr])) if lr in v["final_pass@1"]
+                    else "crashed" if lr in v.get("crashed", []) else "–"
                     for lr in args.sweep_lrs) + " |"
                 for m, v in chosen.items()
             ) + "\n"
         )
+    crashes = sorted(args.out.glob("logs/*/*/crashed"))
+    if crashes:
+        sweep_rows += "\nCrashed runs (not used): " + "; ".join(f"{c.parent.parent.name}/{c.parent.name}: `{c.read_text().strip()}`" for c in crashes) + "\n"
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
     commands = "\n".join(" ".join(command(m, s, chosen.get(m, {}).get("chosen"), args.iterations, f"seed{s}", args)) for m in args.methods for s in args.seeds)
     text = (

@@ -120,3 +120,52 @@ def test_in_the_credit_regime_a_dropped_carry_is_never_undone():
     mixed = ArithmeticTask(**{**every_step_quick, "operations": "+-"}).problems("train")
     cancelled = [p for p in mixed if wrong_quick_lines(p.solution) and grade_gsm8k(p.solution, p.answer) == 1]
     assert len(cancelled) > 100
+
+
+def test_checked_steps_add_back_exactly_the_carries_the_quick_form_drops():
+    from lit_vine.tasks.arithmetic import Chain, apply, parse_step, step_line, without_carry
+
+    task = ArithmeticTask(num_train=1000, num_validation=50, num_test=50, operations="+", min_ops=5, max_ops=8, quick_rate=0.5, show_carries=True)
+    checked = 0
+    for p in task.problems("train"):
+        chain = Chain.parse(p.question)
+        for i, line in enumerate(p.solution.splitlines()[:-1]):
+            if "~" in line:
+                continue
+            checked += 1
+            a, op, b, result = parse_step(line)  # from the written value, which a quick step before may have broken
+            assert (op, b) == chain.ops[i] and result == apply(op, a, b)  # checked lines are always right
+            assert line.startswith(step_line(op, a, b, "quick")[0].replace("~", "="))  # ... and start as the quick line
+            assert len(line) - len(step_line(op, a, b, "quick")[0]) in (4, 5, 6)  # the check costs 4-6 characters
+    assert checked > 2000
+    assert parse_step("47+18=55+10=65") == (47, "+", 18, 65) and without_carry("+", 47, 18) == 55
+    assert parse_step("47+18=55+0=65") is None and parse_step("47+18=65+0=65") is None  # a check that does not add up
+
+
+def test_in_the_budget_regime_the_right_form_depends_on_the_step():
+    """configs/credit_budget.yaml's premise, counted on its validation problems: checking every step
+    overruns the length budget, skipping every check is wrong wherever a step carries, and the rule
+    (quick exactly on the carry-free steps) is right and fits, so no single form is right everywhere."""
+    import yaml
+    from conftest import REPO
+
+    from lit_vine.tasks.arithmetic import Chain
+
+    regime = yaml.safe_load((REPO / "configs" / "credit_budget.yaml").read_text())["data"]["init_args"]["task"]["init_args"]
+    assert regime["operations"] == "+" and regime["show_carries"] and regime["length_slack"] is not None
+    task = ArithmeticTask(**regime)
+    problems = task.problems("validation")
+    chains = [Chain.parse(p.question) for p in problems]
+    every_step_checked = [task.reward(c.solution(show_carries=True), p) for c, p in zip(chains, problems)]
+    no_step_checked = [task.reward(c.solution(quick=frozenset(range(len(c.ops))), show_carries=True), p) for c, p in zip(chains, problems)]
+    rule = [task.reward(c.shortest_solution(show_carries=True), p) for c, p in zip(chains, problems)]
+    assert sum(every_step_checked) < 0.1 * len(problems)
+    assert sum(no_step_checked) < 0.2 * len(problems)
+    assert sum(rule) == len(problems)
+    # the culprit of an over-budget response is the step after which nothing correct fits: checking
+    # every step before it (and no carry-free step after) fits, checking it too does not
+    for c, p in zip(chains, problems):
+        wrong = task.first_wrong_step(c.solution(show_carries=True), p)
+        if wrong is not None:
+            assert task.reward(c.solution(quick=frozenset(i for i in c.carry_free() if i >= wrong), show_carries=True), p)
+            assert not task.reward(c.solution(quick=frozenset(i for i in c.carry_free() if i > wrong), show_carries=True), p)

@@ -33,6 +33,27 @@ def test_first_wrong_step_on_hand_made_responses(response, wrong):
     assert TASK.first_wrong_step(response, PROBLEM) == wrong
 
 
+# 47+18 carries, 65-5 and 60+3 do not: the shortest correct answer checks the first step only
+# (38 characters); the slack of 5 leaves room for one more check.
+BUDGET_TASK = ArithmeticTask(num_train=1, num_validation=0, num_test=0, show_carries=True, length_slack=5)
+
+
+@pytest.mark.parametrize(
+    "response, wrong",
+    [
+        ("47+18=55+10=65\n65-5~60\n60+3~63\n#### 63", None),  # the shortest correct answer
+        ("47+18=55+10=65\n65-5=60-0=60\n60+3~63\n#### 63", None),  # one needless check fits the slack
+        ("47+18=65\n65-5~60\n60+3~63\n#### 63", None),  # a plain worked step is right too
+        ("47+18=55+10=65\n65-5=60-0=60\n60+3=63+0=63\n#### 63", 2),  # the second needless check overruns
+        ("47+18~55\n55-5~50\n50+3~53\n#### 53", 0),  # a skipped check where there is a carry
+        ("47+18=55+0=55\n55-5~50\n50+3~53\n#### 53", 0),  # a check that misses the carry
+    ],
+)
+def test_first_wrong_step_under_a_length_budget(response, wrong):
+    assert BUDGET_TASK.first_wrong_step(response, PROBLEM) == wrong
+    assert BUDGET_TASK.reward(response, PROBLEM) == (wrong is None)
+
+
 def test_credit_by_hand():
     assert credit([0.0, 0.1, -0.8, 0.0, -0.2], wrong=2) == 1.0  # the wrong step is the most negative
     assert credit([0.0, -0.9, -0.8], wrong=2) == 0.0

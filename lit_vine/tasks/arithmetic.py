@@ -30,6 +30,20 @@ Use it with ``operations="+"`` (as ``configs/credit.yaml`` does): a dropped carr
 little and no later addition can give it back, so the first wrong step is the one that doomed the
 answer. With ``"+-"`` a dropped borrow writes 10 too much and cancels an earlier dropped carry
 (``37+15~42`` ... ``44-7~47`` ends right), so the first wrong step is often not fatal at all.
+
+In that regime the best policy needs no context (never write the quick form: the worked form is
+always right and costs nothing), and an outcome reward teaches it from every failed response at
+once. ``show_carries`` and ``length_slack`` make the worked form cost something, so the right
+choice depends on the step (``configs/credit_budget.yaml``). With ``show_carries`` a worked step
+adds digit by digit and then writes the carries it adds back, ``47+18=55+10=65`` (``47+12=59+0=59``
+when there are none): it is the quick line checked for carries, 4-6 characters longer.
+``length_slack`` is a length budget in the reward: a response longer than the problem's shortest
+correct solution (quick exactly on the carry-free steps, worked on the others) plus ``length_slack``
+characters scores 0, like an answer that does not fit its token budget. Checking every step then
+overruns the budget (a few checked carry-free steps fit in the slack), skipping a check that has
+a carry is wrong, so the quick form must be kept exactly where it is safe: good and bad choices sit
+in one response, and an outcome reward cannot tell them apart. ``Task.first_wrong_step`` counts the
+step after which no correct answer fits the budget as wrong too (an over-budget response's culprit).
 """
 
 from __future__ import annotations
@@ -56,8 +70,37 @@ def without_carry(op: str, a: int, b: int) -> int:
     return int("".join(map(str, digits)))
 
 
+def step_line(op: str, a: int, b: int, form: str) -> tuple[str, int]:
+    """One step written in ``form`` and the value the chain goes on from: ``worked`` (``47+18=65``),
+    ``quick`` (``47+18~55``, carries dropped) or ``checked`` (``47+18=55+10=65``: the quick sum,
+    then the carries added back). Multiplications, and steps from a negative value, are always
+    written worked."""
+    result = apply(op, a, b)
+    if op not in "+-" or a < 0 or form == "worked":
+        return f"{a}{op}{b}={result}", result
+    digits = without_carry(op, a, b)
+    if form == "quick":
+        return f"{a}{op}{b}~{digits}", digits
+    carry = result - digits  # an addition's carries add, a subtraction's borrows take away
+    return f"{a}{op}{b}={digits}{'-' if carry < 0 or (carry == 0 and op == '-') else '+'}{abs(carry)}={result}", result
+
+
 _QUESTION = re.compile(r"Compute (-?\d+) ((?:[+\-*]\d+ ?)+) from left to right\.")
 _STEP = re.compile(r"(-?\d+)([+\-*])(\d+)[=~](-?\d+)")
+_CHECKED_STEP = re.compile(r"(-?\d+)([+\-])(\d+)=(\d+)([+\-]\d+)=(-?\d+)")
+
+
+def parse_step(line: str) -> tuple[int, str, int, int] | None:
+    """``(a, op, b, result)`` of a step line in any form; ``None`` if it is not one, or if a checked
+    line's quick sum or carries are not what it adds (``47+18=55+10=65`` is right, ``47+18=55+0=65``
+    is not)."""
+    if match := _STEP.fullmatch(line):
+        return int(match[1]), match[2], int(match[3]), int(match[4])
+    if match := _CHECKED_STEP.fullmatch(line):
+        a, op, b, result = int(match[1]), match[2], int(match[3]), int(match[6])
+        if (int(match[4]), int(match[4]) + int(match[5])) == (without_carry(op, a, b), result):
+            return a, op, b, result
+    return None
 
 
 @dataclass(frozen=True)
@@ -81,32 +124,45 @@ class Chain:
     def question(self) -> str:
         return f"Compute {self.start} " + " ".join(f"{op}{x}" for op, x in self.ops) + " from left to right."
 
-    def solution(self, slip_at: int | None = None, slip_by: int = 0, terse: bool = False, quick: frozenset[int] = frozenset()) -> str:
+    def solution(
+        self, slip_at: int | None = None, slip_by: int = 0, terse: bool = False, quick: frozenset[int] = frozenset(), show_carries: bool = False
+    ) -> str:
         """The worked solution; with ``slip_at``, that line's result is off by ``slip_by``;
         ``terse`` drops the working and keeps only the answer line; the steps in ``quick`` are
         written in the quick form (``a+b~c``, carries dropped) where an addition or subtraction of
-        non-negative numbers allows it."""
+        non-negative numbers allows it; with ``show_carries`` the other steps are checked for
+        carries (``a+b=c+10=d``, see :func:`step_line`)."""
         value, lines = self.start, []
         for i, (op, x) in enumerate(self.ops):
-            is_quick = i in quick and op in "+-" and value >= 0
-            result = without_carry(op, value, x) if is_quick else apply(op, value, x)
+            line, result = step_line(op, value, x, "quick" if i in quick else "checked" if show_carries else "worked")
             if i == slip_at:
-                result = result + slip_by if result - slip_by < 0 else result - slip_by
-            lines.append(f"{value}{op}{x}{'~' if is_quick else '='}{result}")
+                slipped = result + slip_by if result - slip_by < 0 else result - slip_by
+                line, result = line[: len(line) - len(str(result))] + str(slipped), slipped
+            lines.append(line)
             value = result
         return f"#### {value}" if terse else "\n".join(lines) + f"\n#### {value}"
 
-    def first_wrong_step(self, steps: list[str]) -> int | None:
-        """Index of the first of ``steps`` (a response split into lines, the answer line in the
-        last step) that is not the chain's next true step, or whose answer is wrong; ``None`` if
-        every step is right."""
+    def carry_free(self) -> frozenset[int]:
+        """The steps whose quick form is right (no carry or borrow)."""
         values = self.values()
+        return frozenset(i for i, (op, x) in enumerate(self.ops) if step_line(op, values[i], x, "quick")[1] == values[i + 1])
+
+    def shortest_solution(self, show_carries: bool) -> str:
+        """The shortest correct solution: quick exactly on the carry-free steps."""
+        return self.solution(quick=self.carry_free(), show_carries=show_carries)
+
+    def first_wrong_step(self, steps: list[str], budget: int | None = None) -> int | None:
+        """Index of the first of ``steps`` (a response split into lines, the answer line in the
+        last step) that is not the chain's next true step, or whose answer is wrong, or (with a
+        length ``budget`` in characters) after which not even the shortest correct rest of the
+        solution fits; ``None`` if every step is right."""
+        values = self.values()
+        shortest = self.shortest_solution(show_carries=True).split("\n")  # the lines, then "#### <answer>"
+        written = 0
         for i, step in enumerate(steps):
             line = step.lstrip("\n").partition("\n")[0]
             if i < len(self.ops):
-                match = _STEP.fullmatch(line.strip())
-                op, x = self.ops[i]
-                if match is None or (int(match[1]), match[2], int(match[3]), int(match[4])) != (values[i], op, x, values[i + 1]):
+                if parse_step(line.strip()) != (values[i], *self.ops[i], values[i + 1]):
                     return i
             elif "####" not in line:
                 return i  # a line the chain does not have
@@ -114,6 +170,10 @@ class Chain:
                 answer = extract_gsm8k_answer(step)
                 if len(steps) < len(self.ops) or answer is None or int(float(answer)) != values[-1]:
                     return i
+            written += len(step)
+            rest = 0 if "####" in step else sum(1 + len(s) for s in shortest[i + 1 :])
+            if budget is not None and written + rest > budget:
+                return i
         return None if steps else 0
 
 
@@ -129,6 +189,9 @@ class ArithmeticTask(Task):
         slip_rate: fraction of training solutions (the SFT data) that slip once.
         shortcut_rate: fraction of training solutions that give the answer without working.
         quick_rate: fraction of training solution steps written in the quick form (carries dropped).
+        show_carries: the training solutions' other steps are checked for carries (``47+18=55+10=65``).
+        length_slack: the reward's length budget: a response longer than the shortest correct
+            solution plus this many characters scores 0. ``None``: no budget.
         seed: the splits are a function of the seed alone.
     """
 
@@ -145,6 +208,8 @@ class ArithmeticTask(Task):
         slip_rate: float = 0.0,
         shortcut_rate: float = 0.0,
         quick_rate: float = 0.0,
+        show_carries: bool = False,
+        length_slack: int | None = None,
         seed: int = 0,
     ) -> None:
         if not 1 <= min_ops <= max_ops:
@@ -160,7 +225,10 @@ class ArithmeticTask(Task):
             raise ValueError(f"ArithmeticTask: operations must be some of '+-*', got {operations!r}")
         self.sizes = {"train": num_train, "validation": num_validation, "test": num_test}
         self.operations = operations
+        if length_slack is not None and length_slack < 0:
+            raise ValueError(f"ArithmeticTask: length_slack must be >= 0 or null, got {length_slack}")
         self.slip_rate, self.shortcut_rate, self.quick_rate = slip_rate, shortcut_rate, quick_rate
+        self.show_carries, self.length_slack = show_carries, length_slack
         self.seed = seed
         self._cache: dict[str, list[Problem]] = {}
 
@@ -207,7 +275,9 @@ class ArithmeticTask(Task):
                     terse = s == "train" and shortcut_rng.random() < self.shortcut_rate
                     slip_at, slip_by = (slip_rng.randrange(len(chain.ops)), slip_rng.randint(1, 3)) if slips else (None, 0)
                     quick = frozenset(i for i in range(len(chain.ops)) if quick_rng.random() < self.quick_rate) if s == "train" and self.quick_rate else frozenset()
-                    solution = chain.solution(slip_at, slip_by, terse, quick)
+                    if s != "train" and self.show_carries:
+                        quick = chain.carry_free()  # held-out gold: the shortest correct solution
+                    solution = chain.solution(slip_at, slip_by, terse, quick, self.show_carries)
                     out[s].append(Problem(f"arith-{s}-{len(out[s])}", q, str(chain.values()[-1]), solution))
             self._cache.update(out)
         return self._cache[split]
@@ -215,8 +285,15 @@ class ArithmeticTask(Task):
     def prompt(self, problem: Problem) -> str:
         return problem.question + "\n"
 
+    def budget(self, problem: Problem) -> int | None:
+        """The reward's length budget for ``problem`` in characters (``None``: no budget)."""
+        if self.length_slack is None:
+            return None
+        return len(Chain.parse(problem.question).shortest_solution(self.show_carries)) + self.length_slack
+
     def reward(self, response: str, problem: Problem) -> float:
-        return grade_gsm8k(response, problem.answer)
+        budget = self.budget(problem)
+        return grade_gsm8k(response, problem.answer) if budget is None or len(response) <= budget else 0.0
 
     def split_steps(self, response: str) -> list[str]:
         return split_lines(response)
@@ -227,4 +304,4 @@ class ArithmeticTask(Task):
     checks_steps = True
 
     def first_wrong_step(self, response: str, problem: Problem) -> int | None:
-        return Chain.parse(problem.question).first_wrong_step(self.split_steps(response))
+        return Chain.parse(problem.question).first_wrong_step(self.split_steps(response), self.budget(problem))
