@@ -183,8 +183,8 @@ class RLModule(PolicyModule):
         self.value_pretraining = {"active": self.algorithm.value_pretrain_iterations > 0, "best_ev": float("-inf"), "stale": 0}
         self.update_guard = UpdateGuard(max_consecutive_nonfinite, max_mean_ratio)
         self.policy_updates = 0  # policy optimizer steps taken (a critic's are not counted)
-        self.packs = packing and packing_works(self.policy)  # the model keeps packed episodes apart
-        self.packing = self.packs
+        self._can_pack = packing and packing_works(self.policy)  # the model keeps packed episodes apart
+        self.packing = self._can_pack
         # only the PPO family scores at the sampling temperature, as the engine's log-probs are
         self.sampler_logprobs = reuse_sampler_logprobs and self.algorithm.objective == "ppo"
 
@@ -195,7 +195,7 @@ class RLModule(PolicyModule):
         place_frozen(self.reference, self.trainer.strategy.root_device, dtype)
         exact = dtype == torch.float32  # where a cached decode and a packed forward equal the loss's forward
         self.sampler_logprobs = self.hparams.reuse_sampler_logprobs and self.algorithm.objective == "ppo" and exact
-        self.packing = self.packs and exact
+        self.packing = self._can_pack and exact
 
     def trained_models(self) -> list[torch.nn.Module]:
         return [self.policy] + ([self.critic] if self.critic is not None else [])
@@ -268,9 +268,8 @@ class RLModule(PolicyModule):
         """VC-PPO: pretrain the critic until its explained variance on fresh rollouts stops improving.
         The explained variance is that of all ranks' tokens together, so every rank decides alike."""
         error = returns - values
-        n, s_err, s_err2, s_ret, s_ret2, s_val = pooled_sums(
-            *(float(x) for x in ((mask.sum(), (error * mask).sum(), (error**2 * mask).sum(), (returns * mask).sum(), (returns**2 * mask).sum(), (values * mask).sum())))
-        )
+        sums = [mask, error * mask, error**2 * mask, returns * mask, returns**2 * mask, values * mask]
+        n, s_err, s_err2, s_ret, s_ret2, s_val = pooled_sums(*(float(x.sum()) for x in sums))
         n = max(n, 1.0)
         residual_var = s_err2 / n - (s_err / n) ** 2
         returns_var = s_ret2 / n - (s_ret / n) ** 2
