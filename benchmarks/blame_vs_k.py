@@ -9,7 +9,7 @@ them: how many succeed, how many prompts have no right response (a GRPO/RLOO gro
 why the failed ones failed (a skipped carry check, the length budget, another error). Then every
 state of every failed response is valued once with ``--max-k`` continuations, and VinePPO's blame
 accuracy (``lit_vine.blame``) is scored when only the first K of them are used, K = 1, 2, 4, 9,
-``--max-k``, on two measures:
+``--max-k``, on these measures:
 
 - *first wrong step* (the training logs' ``blame/accuracy``): the step after which the response
   could no longer be right (``Task.first_wrong_step``);
@@ -20,7 +20,11 @@ accuracy (``lit_vine.blame``) is scored when only the first K of them are used, 
 - *value-weighted*: the first-wrong-step measure with each failed response weighted by the
   reference value of the state before its first wrong step, the success that step threw away (the
   size of its true advantage): a step that lost a 0.5 chance counts 25 times one that lost 0.02.
-  The weights come from the reference continuations, so they do not favour what the estimate saw.
+  The weights come from the reference continuations, so they do not favour what the estimate saw;
+- *where seen*: the first-wrong-step measure over the failed responses whose K continuations from
+  the state before the wrong step include a success. Where none does, every state up to the wrong
+  step may be valued 0 and no K-sample estimate can single the step out: the share of such
+  responses is MC resolution, not the credit rule.
 
 The largest K is the best this policy's responses allow: if it stays below a target, no K will
 reach it. Writes ``<out>/README.md`` and ``<out>/results.json``.
@@ -140,10 +144,13 @@ def blame_by_k(failures: list[Failure], estimate: list, reference: list, ks: lis
     for k in ks:
         per_step = [step_advantages([r[:k] for r in rewards], f.ends) for f, rewards in zip(failures, estimate)]
         scored = [(p, d) for p, d in zip(per_step, decisive) if d is not None]
+        # the wrong step's value drop is visible to the estimate only where it saw a success before it
+        seen = [(p, f) for p, f, rewards in zip(per_step, failures, estimate) if sum(rewards[f.wrong][:k]) > 0]
         results[k] = {
             "first_wrong_step": sum(credit(p, f.wrong) for p, f in zip(per_step, failures)) / len(failures),
             "decisive_step": sum(credit(p, d) for p, d in scored) / len(scored) if scored else float("nan"),
             "value_weighted": sum(credit(p, f.wrong) * w for p, f, w in zip(per_step, failures, lost)) / sum(lost) if sum(lost) else float("nan"),
+            "first_wrong_step_where_seen": sum(credit(p, f.wrong) for p, f in seen) / len(seen) if seen else float("nan"),
             "share_V_before_wrong_step_is_0": sum(sum(r[f.wrong][:k]) == 0 for f, r in zip(failures, estimate)) / len(failures),
             # where no continuation succeeds, the wrong step's value drop is invisible to the estimate
             "resolution_bound": sum(1 - (1 - v) ** k for v in lost) / len(lost),
@@ -195,16 +202,17 @@ def write_report(args: argparse.Namespace, summary: dict, results: dict, samplin
         f"{s['right']} of {s['responses']} right ({100 * s['right'] / s['responses']:.1f} %); {s['prompts_without_a_right_response']} of "
         f"{s['prompts']} prompts have no right response (no GRPO/RLOO signal). Failed responses by the cause at their first wrong step: "
         + ", ".join(f"{c} {n}" for c, n in sorted(s["causes"].items(), key=lambda kv: -kv[1])) + ".", "",
-        f"{s['failed_responses']} failed responses, {s['states']} states, each valued once with {args.max_k} continuations "
+        (f"{s['failed_responses']} failed responses, {s['states']} states, each valued once with {args.max_k} continuations "
         f"(K uses the first K of them) and, apart from those, with {args.reference_k} reference continuations. The decisive step (largest "
         f"reference value drop) is the first wrong step in {s['decisive_is_first_wrong']} of them; {s['without_decisive_step']} have none "
         "(no reference continuation from any of their states is right) and are left out of that measure. The mean reference value "
-        f"of the state before the first wrong step (the success it threw away) is {s['mean_reference_value_before_wrong_step']:.3f}.", "",
-        "| K | blame accuracy: first wrong step | decisive step | value-weighted | chance | share of failed responses whose V(state before the wrong step) is estimated 0 | "
-        "chance that K continuations see a success from that state (by its reference value) |",
-        "|---|---|---|---|---|---|---|",
+        f"of the state before the first wrong step (the success it threw away) is {s['mean_reference_value_before_wrong_step']:.3f}."), "",
+        ("| K | blame accuracy: first wrong step | decisive step | value-weighted | first wrong step, where the estimate saw a success before it | chance | "
+        "share of failed responses whose V(state before the wrong step) is estimated 0 | "
+        "chance that K continuations see a success from that state (by its reference value) |"),
+        "|---|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {k} | {r['first_wrong_step']:.3f} | {r['decisive_step']:.3f} | {r['value_weighted']:.3f} | {s['chance']:.3f} | {r['share_V_before_wrong_step_is_0']:.3f} | "
+    lines += [f"| {k} | {r['first_wrong_step']:.3f} | {r['decisive_step']:.3f} | {r['value_weighted']:.3f} | {r['first_wrong_step_where_seen']:.3f} | {s['chance']:.3f} | {r['share_V_before_wrong_step_is_0']:.3f} | "
               f"{r['resolution_bound']:.3f} |" for k, r in results.items()]
     (args.out / "README.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,6 +1,6 @@
 """Methods compared on one run config: same SFT checkpoint, prompts, episodes and evaluation.
 
-    python benchmarks/study.py --config configs/credit.yaml --out benchmarks/credit \\
+    python benchmarks/study.py --config configs/credit_budget.yaml --out benchmarks/credit \\
         --methods VinePPO PPO VC-PPO GRPO RLOO --sweep-lrs 3e-6 1e-5 3e-5 --seeds 0 1 2 --jobs 2
     python benchmarks/study.py ... --report-only        # the report from existing logs
 
@@ -201,7 +201,6 @@ def report(args: argparse.Namespace, chosen: dict[str, dict]) -> None:
     start = baseline(args)
     data = {}
     for m in args.methods:
-        lr = chosen.get(m, {}).get("chosen")
         runs = [args.out / "logs" / METHODS[m] / f"seed{s}" for s in args.seeds]
         data[m] = [curve(d, start) for d in runs if (d / "done").exists()]
     data = {m: runs for m, runs in data.items() if runs}

@@ -169,3 +169,44 @@ def test_in_the_budget_regime_the_right_form_depends_on_the_step():
         if wrong is not None:
             assert task.reward(c.solution(quick=frozenset(i for i in c.carry_free() if i >= wrong), show_carries=True), p)
             assert not task.reward(c.solution(quick=frozenset(i for i in c.carry_free() if i > wrong), show_carries=True), p)
+
+
+def test_the_budget_regime_warm_start_picks_the_form_at_random():
+    """The shipped checkpoints/sft-credit-budget is the regime's warm start: on carry-free and on
+    carrying steps alike it writes the quick form about half the time and the checked form otherwise,
+    so a response holds good and bad choices together and few of its answers fit the budget."""
+    import torch
+    import yaml
+    from conftest import REPO
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lit_vine import HFEngine, SamplingParams
+    from lit_vine.tasks.arithmetic import Chain, parse_step
+
+    config = yaml.safe_load((REPO / "configs" / "credit_budget.yaml").read_text())
+    rl = config["model"]["init_args"]
+    task = ArithmeticTask(**{**config["data"]["init_args"]["task"]["init_args"], "num_train": 1})
+    policy = REPO / rl["policy"]
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32), AutoTokenizer.from_pretrained(policy)
+    engine = HFEngine()
+    engine.setup(model, tokenizer)
+    problems = task.problems("validation")[:24]
+    sampled = engine.generate([task.prompt_ids(p, tokenizer) for p in problems], SamplingParams(rl["temperature"], rl["top_p"], rl["max_new_tokens"], n=4), seed=0)
+    forms = {"carry-free": [], "carrying": []}  # the form of each step that starts from the right value
+    right = 0
+    for problem, group in zip(problems, sampled):
+        chain = Chain.parse(problem.question)
+        values, free = chain.values(), chain.carry_free()
+        for ids in group:
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            right += task.reward(text, problem) > 0
+            for i, line in enumerate(text.split("\n")[: len(chain.ops)]):
+                step = parse_step(line.strip())
+                if step is not None and step[:3] == (values[i], *chain.ops[i]):
+                    form = "quick" if "~" in line else "checked" if line.count("=") == 2 else "worked"
+                    forms["carry-free" if i in free else "carrying"].append(form)
+    for kind, written in forms.items():
+        assert len(written) > 50, kind
+        assert 0.3 < written.count("quick") / len(written) < 0.7, (kind, written.count("quick") / len(written))
+        assert written.count("worked") == 0, kind  # the checked form, never the no-cost regime's plain one
+    assert right < 0.1 * len(problems) * 4
