@@ -54,6 +54,16 @@ def test_first_wrong_step_under_a_length_budget(response, wrong):
     assert BUDGET_TASK.reward(response, PROBLEM) == (wrong is None)
 
 
+def test_a_length_budget_without_checked_forms_counts_the_plain_rest():
+    """Without show_carries the shortest rest of a solution is written plain (63+18=81), so a right
+    answer that fits the budget has no wrong step."""
+    task = ArithmeticTask(num_train=1, num_validation=0, num_test=0, length_slack=0)
+    problem = Problem("q", "Compute 60 +3 +18 from left to right.", "81")
+    for response, wrong in [("60+3~63\n63+18=81\n#### 81", None), ("60+3=63\n63+18=81\n#### 81", None), ("60+3=63\n63+18=81\n####  81", 1)]:
+        assert task.first_wrong_step(response, problem) == wrong
+        assert task.reward(response, problem) == (wrong is None)
+
+
 def test_credit_by_hand():
     assert credit([0.0, 0.1, -0.8, 0.0, -0.2], wrong=2) == 1.0  # the wrong step is the most negative
     assert credit([0.0, -0.9, -0.8], wrong=2) == 0.0

@@ -151,13 +151,13 @@ class Chain:
         """The shortest correct solution: quick exactly on the carry-free steps."""
         return self.solution(quick=self.carry_free(), show_carries=show_carries)
 
-    def first_wrong_step(self, steps: list[str], budget: int | None = None) -> int | None:
+    def first_wrong_step(self, steps: list[str], budget: int | None = None, show_carries: bool = True) -> int | None:
         """Index of the first of ``steps`` (a response split into lines, the answer line in the
         last step) that is not the chain's next true step, or whose answer is wrong, or (with a
         length ``budget`` in characters) after which not even the shortest correct rest of the
-        solution fits; ``None`` if every step is right."""
+        solution (written as ``show_carries`` says) fits; ``None`` if every step is right."""
         values = self.values()
-        shortest = self.shortest_solution(show_carries=True).split("\n")  # the lines, then "#### <answer>"
+        shortest = self.shortest_solution(show_carries).split("\n") if budget is not None else []  # the lines, then "#### <answer>"
         written = 0
         for i, step in enumerate(steps):
             line = step.lstrip("\n").partition("\n")[0]
@@ -304,4 +304,4 @@ class ArithmeticTask(Task):
     checks_steps = True
 
     def first_wrong_step(self, response: str, problem: Problem) -> int | None:
-        return Chain.parse(problem.question).first_wrong_step(self.split_steps(response), self.budget(problem))
+        return Chain.parse(problem.question).first_wrong_step(self.split_steps(response), self.budget(problem), self.show_carries)
