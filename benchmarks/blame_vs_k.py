@@ -71,14 +71,14 @@ class Failure:
         return [self.prompt + self.ids[:cut] for cut in [0] + self.ends[:-1]]
 
 
-def cause(task: ArithmeticTask, text: str, failure: Failure) -> str:
-    """Why a response failed: at its first wrong step, a quick line with a carry, the length budget
-    (the step is right but nothing correct fits after it), or anything else."""
-    step = task.split_steps(text)[failure.wrong].lstrip("\n").partition("\n")[0]
+def cause(steps: list[str], failure: Failure) -> str:
+    """Why a response (split into ``steps``) failed: at its first wrong step, a quick line with a
+    carry, the length budget (the step is right but nothing correct fits after it), or anything else."""
+    step = steps[failure.wrong].lstrip("\n").partition("\n")[0]
     chain = Chain.parse(failure.problem.question)
     if failure.wrong < len(chain.ops) and "~" in step and failure.wrong not in chain.carry_free():
         return "skipped carry check"
-    if chain.first_wrong_step(task.split_steps(text)) != failure.wrong:
+    if chain.first_wrong_step(steps) != failure.wrong:
         return "length budget"
     return "other error"
 
@@ -129,14 +129,14 @@ def sample_failures(task: ArithmeticTask, engine: HFEngine, tokenizer, problems:
             ends = step_token_ends(body, steps, tokenizer)
             ends[-1] = len(ids)
             failures.append(Failure(problem, prompt, ids, ends, min(wrong, len(ends) - 1)))
-            causes[cause(task, text, failures[-1])] += 1
+            causes[cause(steps, failures[-1])] += 1
     counts = {"responses": len(problems) * sampling.n, "right": right, "prompts": len(problems),
               "prompts_without_a_right_response": groups_without_right, "failed_responses": len(failures), "causes": dict(causes)}
     return failures, counts
 
 
 def blame_by_k(failures: list[Failure], estimate: list, reference: list, ks: list[int]) -> tuple[dict, dict]:
-    """Per K: the three blame measures, how often V(s before the wrong step) is estimated 0, and
+    """Per K: the four blame measures, how often V(s before the wrong step) is estimated 0, and
     the chance that K continuations see a success from there; and the reference's own figures."""
     decisive = [decisive_step(step_advantages(r, f.ends), f.wrong) for f, r in zip(failures, reference)]
     lost = [sum(r[f.wrong]) / len(r[f.wrong]) for f, r in zip(failures, reference)]  # reference V(s_w)
